@@ -1,0 +1,176 @@
+"""The verbs: ``quantize_``, ``calibrate``, ``evaluate``; config -> handler registry.
+
+Example:
+    >>> import torch, lowbit
+    >>> from lowbit.zoo.models import FmnistMLP
+    >>> torch.manual_seed(0) and None
+    >>> model = FmnistMLP().eval()
+    >>> data = [torch.randn(32, 1, 28, 28) for _ in range(4)]
+    >>> qmodel = lowbit.quantize_(model, lowbit.PTQConfig(), data=data)
+    >>> type(qmodel.fc1).__name__, qmodel.fc1.input_quant.calibrated
+    ('QuantLinear', True)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._progress import track
+from .algorithms.ptq import PTQConfig, quantize_ptq
+from .config import Config
+from .errors import CalibrationError, ConfigError, UnsupportedError
+from .nn import ActQuant
+from .observe import calibrating
+
+_HANDLERS: dict[type[Config], Callable[[nn.Module, Any], tuple[nn.Module, dict]]] = {}
+
+
+def register_handler(config_cls: type[Config]):
+    """Decorator registering ``fn(model, config) -> (model, info)`` as the handler of ``config_cls``."""
+
+    def deco(fn):
+        _HANDLERS[config_cls] = fn
+        return fn
+
+    return deco
+
+
+register_handler(PTQConfig)(quantize_ptq)
+
+
+def _default_transform(batch: Any) -> torch.Tensor:
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, list | tuple) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    if isinstance(batch, dict) and "input" in batch:
+        return batch["input"]
+    raise CalibrationError(
+        f"cannot find the model input in a batch of type {type(batch).__name__}; pass transform_fn=lambda b: ..."
+    )
+
+
+def iter_batches(data: Any) -> Iterable:
+    """Batches of ``data``: any iterable, or an object with ``.batches()`` (lowbit datasets)."""
+    if hasattr(data, "batches") and callable(data.batches):
+        return data.batches(256)
+    if isinstance(data, torch.Tensor):
+        return data.split(256)
+    try:
+        return iter(data)
+    except TypeError:
+        raise CalibrationError(f"calibration data must be iterable (batches), got {type(data).__name__}") from None
+
+
+def calibrate(
+    model: nn.Module,
+    data: Any,
+    *,
+    transform_fn: Callable[[Any], torch.Tensor] | None = None,
+    max_samples: int | None = None,
+) -> int:
+    """Run ``data`` through ``model`` inside :func:`lowbit.calibrating`; returns samples seen.
+
+    Raises CalibrationError for empty data or NaN/Inf inputs.
+    """
+    if data is None:
+        raise CalibrationError("calibration needs data: pass data= (an iterable of batches), or a dynamic activation spec")
+    tf = transform_fn or _default_transform
+    seen = 0
+    with calibrating(model):
+        for i, batch in enumerate(track(iter_batches(data), "calibrating")):
+            x = tf(batch)
+            if not isinstance(x, torch.Tensor):
+                raise CalibrationError(f"transform_fn returned {type(x).__name__}, expected a tensor")
+            if max_samples is not None and seen + x.shape[0] > max_samples:
+                x = x[: max_samples - seen]
+            if x.numel() == 0:
+                continue
+            if x.is_floating_point() and not torch.isfinite(x).all():
+                raise CalibrationError(f"calibration batch {i} holds NaN/Inf values; clean the data before calibrating")
+            model(x)
+            seen += x.shape[0]
+            if max_samples is not None and seen >= max_samples:
+                break
+        if seen == 0:
+            raise CalibrationError("calibration data is empty; pass at least one non-empty batch")
+    return seen
+
+
+def activation_quantizers(model: nn.Module) -> list[ActQuant]:
+    """All activation quantizers of ``model``."""
+    return [m for m in model.modules() if isinstance(m, ActQuant)]
+
+
+def quantize_(
+    model: nn.Module,
+    config: Config,
+    *,
+    data: Any = None,
+    transform_fn: Callable[[Any], torch.Tensor] | None = None,
+    calibrate: bool = True,
+) -> nn.Module:
+    """Quantize ``model`` according to ``config``, calibrating on ``data`` when the config needs it.
+
+    Layers are swapped in place. Functional ops (residual adds) are captured with torch.fx,
+    so the returned model may be a ``GraphModule`` that shares the original's layers:
+    always use the return value.
+
+    Args:
+        model: any ``nn.Module``.
+        config: a registered config (``PTQConfig``, ...).
+        data: iterable of batches (tensors, ``(x, y)`` tuples, or a lowbit dataset); at most
+            ``config.calib_size`` samples are used.
+        transform_fn: extracts the model input from a batch.
+        calibrate: set False to calibrate later with ``with lowbit.calibrating(model): ...``.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    handler = _HANDLERS.get(type(config))
+    if handler is None:
+        known = sorted(c.__name__ for c in _HANDLERS)
+        raise ConfigError(f"no handler registered for {type(config).__name__}; known configs: {known}")
+    t0 = time.perf_counter()
+    model, info = handler(model, config)
+    needs_calib = any(not q.spec.dynamic for q in activation_quantizers(model))
+    if calibrate and needs_calib:
+        info["calibration_samples"] = globals()["calibrate"](
+            model, data, transform_fn=transform_fn, max_samples=getattr(config, "calib_size", None)
+        )
+    info["seconds"] = time.perf_counter() - t0
+    info["config"] = config.to_dict()
+    model.lowbit_info = info
+    return model
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: Any,
+    *,
+    transform_fn: Callable[[Any], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    progress: str | None = None,
+) -> float:
+    """Top-1 accuracy (percent) of ``model`` on ``(inputs, labels)`` batches.
+
+    ``accuracy = 100 * #(argmax f(x) == y) / N``.
+    """
+    was = model.training
+    model.eval()
+    correct = total = 0
+    batches = iter_batches(data)
+    if progress:
+        batches = track(batches, progress)
+    for batch in batches:
+        x, y = transform_fn(batch) if transform_fn else batch
+        correct += int((model(x).argmax(-1) == y).sum())
+        total += int(y.numel())
+    model.train(was)
+    if total == 0:
+        raise UnsupportedError("evaluation data is empty")
+    return 100.0 * correct / total

@@ -1,0 +1,213 @@
+"""``lowbit`` CLI: quantize, eval, zoo list|train, recipes, demo.
+
+Every lowbit error is printed as one line (``error: ...``) with exit status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import ConfigError, LowbitError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="lowbit: quantize PyTorch models and measure what it costs.")
+zoo_app = typer.Typer(no_args_is_help=True, help="The reference model zoo.")
+app.add_typer(zoo_app, name="zoo")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def guarded(fn):
+    """Turn LowbitError (and bad files) into one line on stderr + exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LowbitError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("error: interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _load_data(data_dir: Optional[str], calib_size: int):
+    from ..data import load_fashion_mnist
+
+    if calib_size < 1:
+        raise ConfigError(f"--calib-size must be >= 1, got {calib_size}")
+    test = load_fashion_mnist("test", data_dir)
+    calib = load_fashion_mnist("train", data_dir).subset(calib_size, seed=0)
+    return calib, test
+
+
+def _apply_observer(config, observer: Optional[str]):
+    if observer is None:
+        return config
+    from ..config import QuantSpec  # noqa: F401  (validation happens in replace)
+
+    act = config.activation.replace(observer=observer) if config.activation is not None else None
+    return config.replace(activation=act)
+
+
+def _print_result(r: dict) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{r['model']} / {r['recipe']}")
+    for h in ("fp32 acc %", "quant acc %", "drop pp", "fp32 KiB", "quant KiB", "PTQ s"):
+        t.add_column(h, justify="right")
+    t.add_row(f"{r['fp32_accuracy']:.2f}", f"{r['quantized_accuracy']:.2f}", f"{r['accuracy_drop_pp']:+.2f}",
+              f"{r['size_bytes']['fp32'] / 1024:.1f}", f"{r['size_bytes']['quantized'] / 1024:.1f}", f"{r['quantize_seconds']:.2f}")
+    _console().print(t)
+
+
+@app.command()
+@guarded
+def quantize(
+    model: str = typer.Argument(..., help="zoo name (fmnist-resnet) or path/to/file.py:ClassOrFactory"),
+    recipe: str = typer.Option("w8a8", "--recipe", "-r", help="recipe name (lowbit recipes) or a .yaml path"),
+    weights: Optional[str] = typer.Option(None, help="state_dict file (.safetensors or torch file, loaded weights_only)"),
+    calib_size: int = typer.Option(512, help="number of calibration images (from the training split)"),
+    observer: Optional[str] = typer.Option(None, help="override the activation observer (minmax, ema, percentile, mse, entropy, aciq)"),
+    out: Optional[str] = typer.Option(None, help="folder for report.{json,md,html} and quantized state_dict"),
+    json_path: Optional[str] = typer.Option(None, "--json", help="write the result JSON here"),
+    data_dir: Optional[str] = typer.Option(None, help="Fashion-MNIST folder (default $LOWBIT_DATA or /usr/share/datasets/fashion-mnist)"),
+) -> None:
+    """Quantize MODEL with RECIPE, evaluate float and quantized on the 10k test set."""
+    from ..io import atomic_write_bytes, atomic_write_text
+    from ..recipes import load_recipe
+    from ..report import quantize_and_measure, write_report
+    from ..zoo.resolve import load_model_spec
+
+    config = _apply_observer(load_recipe(recipe), observer)
+    config = config.replace(calib_size=calib_size)
+    float_model = load_model_spec(model, weights)
+    calib, test = _load_data(data_dir, calib_size)
+    qmodel, result = quantize_and_measure(float_model, config, calib, test, recipe=Path(recipe).stem, model_name=model)
+    _print_result(result)
+    if json_path:
+        atomic_write_text(json_path, json.dumps(result, indent=1, default=float) + "\n")
+    if out:
+        from safetensors.torch import save
+
+        paths = write_report([result], out)
+        state = {k: v.detach().contiguous() for k, v in qmodel.state_dict().items() if v is not None}
+        atomic_write_bytes(Path(out) / "quantized_fakequant.safetensors", save(state))
+        typer.echo(f"report: {paths['html']}")
+
+
+@app.command("eval")
+@guarded
+def eval_cmd(
+    model: str = typer.Argument(..., help="zoo name or path/to/file.py:ClassOrFactory"),
+    weights: Optional[str] = typer.Option(None, help="state_dict file"),
+    data_dir: Optional[str] = typer.Option(None, help="Fashion-MNIST folder"),
+) -> None:
+    """Top-1 accuracy of MODEL on the Fashion-MNIST test set."""
+    from ..api import evaluate
+    from ..data import load_fashion_mnist
+    from ..zoo.resolve import load_model_spec
+
+    m = load_model_spec(model, weights)
+    acc = evaluate(m, load_fashion_mnist("test", data_dir), progress="evaluating")
+    typer.echo(json.dumps({"model": model, "accuracy": round(acc, 4)}))
+
+
+@app.command()
+@guarded
+def recipes() -> None:
+    """List the shipped recipes, one line each."""
+    from ..recipes import list_recipes
+
+    for name, desc in list_recipes().items():
+        typer.echo(f"{name:18s} {desc}")
+
+
+@zoo_app.command("list")
+@guarded
+def zoo_list() -> None:
+    """List zoo models with their accuracy and size."""
+    from ..zoo import list_models
+
+    for name, card in list_models().items():
+        acc = f"{card['test_accuracy']:.2f}%" if card else "not trained"
+        params = f"{card['parameters']:,} params" if card else ""
+        typer.echo(f"{name:18s} {acc:>9s}  {params}")
+
+
+@zoo_app.command("train")
+@guarded
+def zoo_train(
+    name: str = typer.Argument(..., help="zoo model name"),
+    epochs: Optional[int] = typer.Option(None, help="override the epoch count"),
+    seed: int = typer.Option(0),
+    out_dir: Optional[str] = typer.Option(None, help="where to write weights + card (default: the package's zoo/weights)"),
+    data_dir: Optional[str] = typer.Option(None, help="Fashion-MNIST folder"),
+) -> None:
+    """Train zoo model NAME on Fashion-MNIST (seeded) and write weights + model card."""
+    from ..zoo.train import train_zoo_model
+
+    card = train_zoo_model(name, epochs=epochs, seed=seed, data_dir=data_dir, out_dir=out_dir)
+    typer.echo(json.dumps({k: card[k] for k in ("name", "test_accuracy", "epochs", "train_seconds", "parameters")}))
+
+
+@app.command()
+@guarded
+def demo(
+    model: str = typer.Option("fmnist-resnet", help="zoo name or path/to/file.py:ClassOrFactory"),
+    recipes_: str = typer.Option("w8a8,w8a8-per-tensor,w4a8,w4-weight-only,w4a4", "--recipes", help="comma-separated recipes"),
+    out: str = typer.Option("demo-report", help="output folder"),
+    calib_size: int = typer.Option(512),
+    data_dir: Optional[str] = typer.Option(None),
+) -> None:
+    """Quantize MODEL with several recipes, print float vs each, write an HTML report."""
+    from rich.table import Table
+
+    from ..api import evaluate
+    from ..recipes import load_recipe
+    from ..report import quantize_and_measure, write_report
+    from ..zoo.resolve import load_model_spec
+
+    names = [r.strip() for r in recipes_.split(",") if r.strip()]
+    configs = {n: load_recipe(n).replace(calib_size=calib_size) for n in names}  # validate all first
+    float_model = load_model_spec(model)
+    calib, test = _load_data(data_dir, calib_size)
+    fp32 = evaluate(float_model, test, progress="evaluating fp32")
+    results = []
+    for n, cfg in configs.items():
+        _, r = quantize_and_measure(float_model, cfg, calib, test, recipe=n, model_name=model, fp32_accuracy=fp32)
+        results.append(r)
+    t = Table(title=f"{model}: float vs quantized (Fashion-MNIST test, 10 000 images)")
+    for h in ("recipe", "accuracy %", "drop pp", "size KiB", "x smaller", "GBitOPs", "PTQ s"):
+        t.add_column(h, justify="right")
+    t.add_row("fp32", f"{fp32:.2f}", "-", f"{results[0]['size_bytes']['fp32'] / 1024:.1f}", "1.00",
+              f"{results[0]['bitops']['fp32_bitops'] / 1e9:.3f}", "-")
+    for r in results:
+        t.add_row(r["recipe"], f"{r['quantized_accuracy']:.2f}", f"{r['accuracy_drop_pp']:+.2f}",
+                  f"{r['size_bytes']['quantized'] / 1024:.1f}", f"{r['size_bytes']['fp32'] / r['size_bytes']['quantized']:.2f}",
+                  f"{r['bitops']['bitops'] / 1e9:.3f}", f"{r['quantize_seconds']:.2f}")
+    _console().print(t)
+    paths = write_report(results, out)
+    typer.echo(f"report: {paths['html']}")
+
+
+def run() -> None:
+    """Run the app; usage errors exit 2 (typer/click), lowbit errors exit 2 with one line."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        app(standalone_mode=True)
+    except SystemExit as e:
+        sys.exit(e.code)

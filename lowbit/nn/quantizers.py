@@ -1,0 +1,123 @@
+"""Quantizer modules: ``ActQuant`` (activations, static or dynamic) and ``WeightQuant``.
+
+``ActQuant`` has three states:
+
+* ``float``   — identity (before calibration);
+* ``observe`` — identity, while its observer streams statistics (inside ``calibrating``);
+* ``quant``   — ``fake_quantize(x, S, Z)`` with the frozen ``S, Z`` buffers (saved in state_dict).
+
+With ``spec.dynamic`` the range is taken from every input at run time
+(``S, Z = choose_qparams(min(x), max(x))`` per tensor / per row of the granularity) and no
+calibration is needed.
+
+Example:
+    >>> import torch
+    >>> from lowbit.config import QuantSpec
+    >>> from lowbit.quant import IntFormat, Affine
+    >>> aq = ActQuant(QuantSpec(format=IntFormat(bits=8, signed=False), mapping=Affine()))
+    >>> aq.start_observing(); _ = aq(torch.linspace(0, 1, 11)); aq.finish_observing()
+    >>> round(aq.scale.item() * 255, 6)
+    1.0
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import QuantSpec
+from ..errors import CalibrationError
+from ..observe import make_observer
+from ..observe.calibrate import Calibratable
+from ..quant import choose_qparams_dynamic, fake_quantize
+
+
+class ActQuant(Calibratable):
+    """Activation fake-quantizer with an observer (see module docstring)."""
+
+    def __init__(self, spec: QuantSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.state = "float"
+        self.observer = None
+        self.register_buffer("scale", None)
+        self.register_buffer("zero_point", None)
+        self._saved_state = "float"
+
+    @property
+    def calibrated(self) -> bool:
+        return self.spec.dynamic or (self.state == "quant" and self.scale is not None)
+
+    def start_observing(self) -> None:
+        self._saved_state = self.state
+        if self.spec.dynamic:
+            return
+        self.observer = make_observer(self.spec.observer, self.spec.granularity, **self.spec.observer_args)
+        self.state = "observe"
+
+    def has_observed(self) -> bool:
+        return self.spec.dynamic or (self.observer is not None and self.observer.num_batches > 0)
+
+    def finish_observing(self) -> None:
+        if self.spec.dynamic:
+            return
+        if self.observer is None or self.observer.num_batches == 0:
+            raise CalibrationError(
+                "an activation quantizer saw no data during calibration (a branch the calibration inputs never reach?)"
+            )
+        scale, zp = self.observer.qparams(self.spec.format, self.spec.mapping)
+        self.scale, self.zero_point = scale, zp
+        self.state = "quant"
+
+    def abort_observing(self) -> None:
+        self.state = self._saved_state
+        self.observer = None
+
+    def set_qparams(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
+        """Freeze given qparams (e.g. loaded from a checkpoint) and start quantizing."""
+        self.scale, self.zero_point = scale.float(), zero_point.to(torch.int32)
+        self.state = "quant"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_floating_point(x):
+            return x
+        s = self.spec
+        if s.dynamic:
+            scale, zp = choose_qparams_dynamic(x, s.format, s.mapping, s.granularity)
+            return fake_quantize(x, scale, zp, s.format, s.granularity, s.rounding)
+        if self.state == "observe":
+            self.observer.update(x)
+            return x
+        if self.state == "quant":
+            return fake_quantize(x, self.scale, self.zero_point, s.format, s.granularity, s.rounding)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"{self.spec.describe()}, state={self.state}"
+
+
+class WeightQuant(nn.Module):
+    """Weight fake-quantizer. Qparams are recomputed only when the weight tensor changes."""
+
+    def __init__(self, spec: QuantSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.register_buffer("scale", None)
+        self.register_buffer("zero_point", None)
+        self._version: tuple[int, int] | None = None
+
+    def qparams(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (id(w), w._version)
+        if self.scale is None or key != self._version:
+            ob = make_observer(self.spec.observer, self.spec.granularity, **self.spec.observer_args)
+            ob.update(w.detach())
+            self.scale, self.zero_point = ob.qparams(self.spec.format, self.spec.mapping)
+            self._version = key
+        return self.scale, self.zero_point
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        scale, zp = self.qparams(w)
+        return fake_quantize(w, scale, zp, self.spec.format, self.spec.granularity, self.spec.rounding)
+
+    def extra_repr(self) -> str:
+        return self.spec.describe()

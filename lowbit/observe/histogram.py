@@ -1,0 +1,334 @@
+"""Histogram observers: percentile, MSE-optimal, KL-divergence (entropy) and ACIQ clipping.
+
+All of them stream a per-row histogram of ``bins`` (default 2048) equal-width bins over the
+running range ``[lo, hi]``. When a batch widens the range, the old histogram is re-binned
+onto the new edges by linear interpolation of its CDF, so memory is ``rows x bins`` however
+much data is seen.
+
+Range proposals (``p`` = normalized bin mass, ``c`` = bin centres):
+
+* **percentile** — ``lo = F^-1(1 - q)``, ``hi = F^-1(q)`` (of ``|x|`` for symmetric mappings).
+* **MSE** — among candidate ranges ``alpha * [lo, hi]``, ``alpha`` in a grid over (0, 1], pick the one
+  minimising ``sum_k p_k (c_k - fq(c_k))^2``.
+* **entropy** — TensorRT's KL calibration: for each threshold ``t`` (a bin edge), fold the mass
+  beyond ``t`` into the last bin (distribution P), merge the bins below ``t`` into as many
+  chunks as the grid has levels (Q, spread evenly over non-empty bins) and pick the ``t``
+  minimising ``KL(P || Q)``. With 2048 bins the search is fine enough to differ from min-max
+  (ONNX Runtime's 128-bin default cannot).
+* **ACIQ** (Banner et al. 2019) — fit a Laplace (``b = E|x - mu|``) or Gaussian (``sigma``) prior and
+  choose ``alpha`` minimising clipping noise + rounding noise, e.g. for Laplace with ``2^M`` levels
+  ``2 b^2 e^{-alpha/b} + alpha^2 / (3 * 4^M)``; the range is ``mu +- alpha`` (``[0, alpha]`` for
+  non-negative data, with the one-sided noise terms).
+
+Example:
+    >>> import torch
+    >>> from lowbit.quant import IntFormat, Symmetric
+    >>> torch.manual_seed(0) and None
+    >>> ob = PercentileObserver(percentile=99.0)
+    >>> ob.update(torch.randn(100_000))
+    >>> lo, hi = ob.compute_range(IntFormat(bits=8), Symmetric())
+    >>> round(hi.item(), 1)   # 99th percentile of |N(0,1)| is 2.58
+    2.6
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import ConfigError
+from ..quant import IntFormat, PerTensor, Symmetric
+from ..quant.affine import choose_qparams
+from ..quant.granularity import Granularity
+from .base import Observer
+
+
+def _interp(xq: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+    """Row-wise linear interpolation (like ``numpy.interp``) for 2-D ``xq (R,K)``, ``xp, fp (R,N)``."""
+    n = xp.shape[1]
+    idx = torch.searchsorted(xp.contiguous(), xq.contiguous(), right=True).clamp(1, n - 1)
+    x0, x1 = xp.gather(1, idx - 1), xp.gather(1, idx)
+    f0, f1 = fp.gather(1, idx - 1), fp.gather(1, idx)
+    w = ((xq - x0) / (x1 - x0).clamp_min(1e-30)).clamp(0, 1)
+    out = f0 + w * (f1 - f0)
+    out = torch.where(xq <= xp[:, :1], fp[:, :1].expand_as(out), out)
+    return torch.where(xq >= xp[:, -1:], fp[:, -1:].expand_as(out), out)
+
+
+class HistogramObserver(Observer):
+    """Streams a fixed-size per-row histogram; subclasses choose the range from it."""
+
+    name = "histogram"
+
+    def __init__(self, granularity: Granularity = PerTensor(), bins: int = 2048) -> None:
+        super().__init__(granularity)
+        if not isinstance(bins, int) or bins < 16:
+            raise ConfigError(f"bins must be an integer >= 16, got {bins!r}")
+        self.bins = bins
+        self.hist: torch.Tensor | None = None  # (R, bins) float64
+        self.lo: torch.Tensor | None = None
+        self.hi: torch.Tensor | None = None
+
+    # -- streaming -------------------------------------------------------------------------
+    def edges(self) -> torch.Tensor:
+        """Bin edges ``(R, bins + 1)``."""
+        t = torch.linspace(0, 1, self.bins + 1, dtype=torch.float64)
+        return self.lo[:, None] + (self.hi - self.lo)[:, None] * t[None, :]
+
+    def cdf_at(self, points: torch.Tensor) -> torch.Tensor:
+        """Mass below each point, ``(R, K)``, interpolating linearly inside bins."""
+        cum = torch.cat([torch.zeros_like(self.hist[:, :1]), self.hist.cumsum(1)], dim=1)
+        return _interp(points, self.edges(), cum)
+
+    def _update(self, xv: torch.Tensor) -> None:
+        x = xv.double()
+        blo, bhi = x.amin(1), x.amax(1)
+        if self.hist is None:
+            self.lo, self.hi = blo, bhi
+            same = self.hi <= self.lo
+            # a constant row gets a tiny non-empty range so bins have positive width
+            pad = torch.where(self.lo.abs() > 0, self.lo.abs() * 1e-6, torch.full_like(self.lo, 1e-8))
+            self.lo = torch.where(same, self.lo - pad, self.lo)
+            self.hi = torch.where(same, self.hi + pad, self.hi)
+            self.hist = torch.zeros(x.shape[0], self.bins, dtype=torch.float64)
+        elif bool((blo < self.lo).any() or (bhi > self.hi).any()):
+            new_lo, new_hi = torch.minimum(self.lo, blo), torch.maximum(self.hi, bhi)
+            t = torch.linspace(0, 1, self.bins + 1, dtype=torch.float64)
+            new_edges = new_lo[:, None] + (new_hi - new_lo)[:, None] * t[None, :]
+            self.hist = self.cdf_at(new_edges).diff(dim=1).clamp_min(0)
+            self.lo, self.hi = new_lo, new_hi
+        width = (self.hi - self.lo)[:, None]
+        idx = ((x - self.lo[:, None]) / width * self.bins).floor().clamp(0, self.bins - 1).long()
+        rows = self.hist.shape[0]
+        flat = (idx + torch.arange(rows)[:, None] * self.bins).reshape(-1)
+        self.hist += torch.bincount(flat, minlength=rows * self.bins).reshape(rows, self.bins).double()
+
+    # -- views of the distribution -----------------------------------------------------------
+    def centers_and_mass(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bin centres and normalized mass, both ``(R, bins)``."""
+        e = self.edges()
+        mass = self.hist / self.hist.sum(1, keepdim=True).clamp_min(1e-30)
+        return 0.5 * (e[:, 1:] + e[:, :-1]), mass
+
+    def abs_histogram(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Histogram of ``|x|`` on ``bins`` bins over ``[0, max|x|]``: edges ``(R, bins+1)``, mass ``(R, bins)``."""
+        amax = torch.maximum(self.lo.abs(), self.hi.abs())
+        t = torch.linspace(0, 1, self.bins + 1, dtype=torch.float64)
+        e = amax[:, None] * t[None, :]
+        cdf_abs = self.cdf_at(e) - self.cdf_at(-e)
+        mass = cdf_abs.diff(dim=1).clamp_min(0)
+        return e, mass / mass.sum(1, keepdim=True).clamp_min(1e-30)
+
+    def _finish(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lo = torch.maximum(lo, self.lo).float()
+        hi = torch.minimum(hi, self.hi).float()
+        return self._shape(lo), self._shape(hi)
+
+
+class PercentileObserver(HistogramObserver):
+    """Clip at the ``percentile``-th percentile (two-sided; of ``|x|`` for symmetric mappings)."""
+
+    name = "percentile"
+
+    def __init__(self, granularity: Granularity = PerTensor(), percentile: float = 99.99, bins: int = 2048) -> None:
+        super().__init__(granularity, bins)
+        if not 50.0 < percentile <= 100.0:
+            raise ConfigError(f"percentile must be in (50, 100], got {percentile}")
+        self.percentile = percentile
+
+    def _quantile(self, edges: torch.Tensor, mass: torch.Tensor, q: float) -> torch.Tensor:
+        cum = torch.cat([torch.zeros_like(mass[:, :1]), mass.cumsum(1)], 1)
+        cum = cum / cum[:, -1:].clamp_min(1e-30)
+        target = torch.full((mass.shape[0], 1), q, dtype=torch.float64)
+        # invert the CDF: interpolate edges over cumulative mass (non-decreasing)
+        idx = torch.searchsorted(cum.contiguous(), target, right=False).clamp(1, cum.shape[1] - 1)
+        c0, c1 = cum.gather(1, idx - 1), cum.gather(1, idx)
+        e0, e1 = edges.gather(1, idx - 1), edges.gather(1, idx)
+        w = ((target - c0) / (c1 - c0).clamp_min(1e-30)).clamp(0, 1)
+        return (e0 + w * (e1 - e0))[:, 0]
+
+    def compute_range(self, fmt, mapping):
+        self._check_ready()
+        q = self.percentile / 100.0
+        if isinstance(mapping, Symmetric):
+            e, m = self.abs_histogram()
+            a = self._quantile(e, m, q)
+            return self._finish(-a, a)
+        e = self.edges()
+        m = self.hist / self.hist.sum(1, keepdim=True)
+        return self._finish(self._quantile(e, m, 1 - q), self._quantile(e, m, q))
+
+
+def _fq_error(centers, mass, lo, hi, fmt: IntFormat, mapping) -> torch.Tensor:
+    """Expected squared error ``sum p (c - fq(c))^2`` per row for ranges ``[lo, hi]`` (R,)."""
+    s, z = choose_qparams(lo.float(), hi.float(), fmt, mapping)
+    s, z = s.double()[:, None], z.double()[:, None]
+    q = torch.clamp(torch.round(centers / s) + z, fmt.qmin, fmt.qmax)
+    return (mass * (centers - (q - z) * s) ** 2).sum(1)
+
+
+class MSEObserver(HistogramObserver):
+    """Grid search of the clip ratio ``alpha`` minimising expected quantization MSE."""
+
+    name = "mse"
+
+    def __init__(self, granularity: Granularity = PerTensor(), grid: int = 100, min_ratio: float = 0.2, bins: int = 2048) -> None:
+        super().__init__(granularity, bins)
+        if grid < 2 or not 0 < min_ratio < 1:
+            raise ConfigError(f"MSE search needs grid >= 2 and 0 < min_ratio < 1, got grid={grid}, min_ratio={min_ratio}")
+        self.grid, self.min_ratio = grid, min_ratio
+
+    def compute_range(self, fmt, mapping):
+        self._check_ready()
+        centers, mass = self.centers_and_mass()
+        lo0, hi0 = torch.clamp(self.lo, max=0), torch.clamp(self.hi, min=0)
+        if isinstance(mapping, Symmetric):
+            a = torch.maximum(-lo0, hi0)
+            lo0, hi0 = -a, a
+        best_err = torch.full_like(lo0, float("inf"))
+        best_lo, best_hi = lo0.clone(), hi0.clone()
+        for alpha in torch.linspace(1.0, self.min_ratio, self.grid, dtype=torch.float64):
+            lo, hi = lo0 * alpha, hi0 * alpha
+            err = _fq_error(centers, mass, lo, hi, fmt, mapping)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_lo, best_hi = torch.where(better, lo, best_lo), torch.where(better, hi, best_hi)
+        return self._finish(best_lo, best_hi)
+
+
+def _kl_threshold_index(mass: torch.Tensor, levels: int) -> int:
+    """TensorRT-style KL search on one row of non-negative-domain mass; returns the bin count ``i``."""
+    nb = mass.shape[0]
+    if levels >= nb:
+        return nb
+    hist = mass / mass.sum()
+    cand = torch.arange(levels, nb + 1)  # threshold after i bins
+    n_i = cand.shape[0]
+    k = torch.arange(nb)
+    # chunk boundaries per candidate: floor(j * i / L), j = 0..L
+    j = torch.arange(levels + 1)
+    bounds = torch.div(j[None, :] * cand[:, None], levels, rounding_mode="floor")  # (n_i, L+1)
+    cum = torch.cat([torch.zeros(1, dtype=hist.dtype), hist.cumsum(0)])
+    nz = (hist > 0).to(hist.dtype)
+    cum_nz = torch.cat([torch.zeros(1, dtype=hist.dtype), nz.cumsum(0)])
+    chunk_sum = cum[bounds[:, 1:]] - cum[bounds[:, :-1]]  # (n_i, L)
+    chunk_nnz = cum_nz[bounds[:, 1:]] - cum_nz[bounds[:, :-1]]
+    chunk_of = (torch.searchsorted(bounds.contiguous(), k[None, :].expand(n_i, nb).contiguous(), right=True) - 1).clamp(0, levels - 1)
+    inside = k[None, :] < cand[:, None]
+    per_bin = (chunk_sum / chunk_nnz.clamp_min(1)).gather(1, chunk_of)
+    q = torch.where(inside & (nz[None, :] > 0), per_bin, torch.zeros(()))
+    p = torch.where(inside, hist[None, :].expand(n_i, nb), torch.zeros(()))
+    tail = cum[-1] - cum[cand]  # mass beyond the threshold folds into the last kept bin
+    p = p.scatter_add(1, (cand - 1)[:, None], tail[:, None])
+    p = p / p.sum(1, keepdim=True)
+    q = q / q.sum(1, keepdim=True).clamp_min(1e-30)
+    eps = 1e-10
+    q = torch.where((p > 0) & (q <= 0), torch.full_like(q, eps), q)
+    kl = torch.where(p > 0, p * (p.clamp_min(1e-30).log() - q.clamp_min(1e-30).log()), torch.zeros(()))
+    return int(cand[kl.sum(1).argmin()])
+
+
+class EntropyObserver(HistogramObserver):
+    """KL-divergence (entropy) calibration over a 2048-bin histogram (TensorRT's method)."""
+
+    name = "entropy"
+
+    def compute_range(self, fmt, mapping):
+        self._check_ready()
+        los, his = [], []
+        nonneg = bool((self.lo >= 0).all())
+        for r in range(self.hist.shape[0]):
+            if nonneg and not isinstance(mapping, Symmetric):
+                e = self.edges()[r]
+                m = self.hist[r]
+                i = _kl_threshold_index(m, fmt.levels)
+                los.append(e[0])
+                his.append(e[i])
+            else:
+                e, m = self.abs_histogram()
+                levels = fmt.levels // 2 if fmt.signed or not nonneg else fmt.levels
+                i = _kl_threshold_index(m[r], max(levels, 1))
+                los.append(-e[r, i])
+                his.append(e[r, i])
+        return self._finish(torch.stack(los), torch.stack(his))
+
+
+def _norm_q(a: float) -> float:
+    return 0.5 * math.erfc(a / math.sqrt(2))
+
+
+def _norm_pdf(a: float) -> float:
+    return math.exp(-0.5 * a * a) / math.sqrt(2 * math.pi)
+
+
+def aciq_alpha(scale: float, levels: int, prior: str = "laplace", one_sided: bool = False) -> float:
+    """Optimal clip ``alpha`` for a Laplace(b=scale) / Gaussian(sigma=scale) prior and ``levels`` grid points.
+
+    Minimises ``clip_noise(alpha) + alpha^2 / (3 * levels^2)`` (two-sided, range ``2 alpha``) or
+    ``one_sided_clip_noise(alpha) + alpha^2 / (12 * levels^2)`` (range ``[0, alpha]``).
+
+    Example:
+        >>> round(aciq_alpha(1.0, 2 ** 4, "laplace") , 2)   # Banner et al.: 5.03 b at 4 bits
+        5.03
+        >>> round(aciq_alpha(1.0, 2 ** 4, "gaussian"), 2)   # paper (rounded): 2.55 sigma at 4 bits
+        2.56
+    """
+    from scipy.optimize import minimize_scalar
+
+    if scale <= 0:
+        return 0.0
+    if prior not in ("laplace", "gaussian"):
+        raise ConfigError(f"ACIQ prior must be 'laplace' or 'gaussian', got {prior!r}")
+
+    def clip_noise(a: float) -> float:
+        # Two tails of Laplace(b) or one tail of the half-Laplace (density doubled) give the same
+        # total: 2 b^2 e^{-a/b}; likewise 2 sigma^2 [(1 + t^2) Q(t) - t phi(t)] for the Gaussian.
+        if prior == "laplace":
+            return 2 * scale**2 * math.exp(-a / scale)
+        t = a / scale
+        return 2 * scale**2 * ((1 + t * t) * _norm_q(t) - t * _norm_pdf(t))
+
+    quant = (lambda a: a * a / (12 * levels**2)) if one_sided else (lambda a: a * a / (3 * levels**2))
+    res = minimize_scalar(lambda a: clip_noise(a) + quant(a), bounds=(1e-9 * scale, 60 * scale), method="bounded",
+                          options={"xatol": 1e-9 * scale})
+    return float(res.x)
+
+
+class ACIQObserver(HistogramObserver):
+    """Analytic clipping (ACIQ) from the histogram's mean and spread under a Laplace or Gaussian prior."""
+
+    name = "aciq"
+
+    def __init__(self, granularity: Granularity = PerTensor(), prior: str = "laplace", bins: int = 2048) -> None:
+        super().__init__(granularity, bins)
+        if prior not in ("laplace", "gaussian"):
+            raise ConfigError(f"ACIQ prior must be 'laplace' or 'gaussian', got {prior!r}")
+        self.prior = prior
+
+    def compute_range(self, fmt, mapping):
+        self._check_ready()
+        centers, mass = self.centers_and_mass()
+        los, his = [], []
+        for r in range(centers.shape[0]):
+            c, p = centers[r], mass[r]
+            if float(self.lo[r]) >= 0:  # non-negative data (after ReLU): one-sided prior at 0
+                # half-Laplace mean = b; half-normal E[x^2] = sigma^2
+                scale = float((p * c).sum()) if self.prior == "laplace" else math.sqrt(float((p * c * c).sum()))
+                a = aciq_alpha(scale, fmt.levels, self.prior, one_sided=True)
+                los.append(0.0)
+                his.append(a)
+                continue
+            mu = float((p * c).sum())
+            scale = float((p * (c - mu).abs()).sum()) if self.prior == "laplace" else math.sqrt(float((p * (c - mu) ** 2).sum()))
+            a = aciq_alpha(scale, fmt.levels, self.prior)
+            if isinstance(mapping, Symmetric):
+                m = abs(mu) + a
+                los.append(-m)
+                his.append(m)
+            else:
+                los.append(mu - a)
+                his.append(mu + a)
+        t = torch.tensor
+        return self._finish(t(los, dtype=torch.float64), t(his, dtype=torch.float64))
+

@@ -1,0 +1,58 @@
+"""Resolve :class:`lowbit.config.Select` selectors to module names. Matching nothing is an error.
+
+Example:
+    >>> import torch
+    >>> from lowbit.config import Select
+    >>> m = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    >>> candidates = quantizable_layers(m)
+    >>> resolve(Select(type="Linear"), m, candidates), resolve(Select(position="first"), m, candidates)
+    (['2'], ['0'])
+"""
+
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+from ..config import Select
+from ..errors import SelectorError
+from ..nn import QUANT_MODULES
+
+
+def quantizable_layers(model: nn.Module) -> list[str]:
+    """Qualified names of the layers lowbit can quantize (Linear, Conv1d, Conv2d), in module order."""
+    return [n for n, m in model.named_modules() if type(m) in QUANT_MODULES or _is_quant(m)]
+
+
+def _is_quant(m: nn.Module) -> bool:
+    from ..nn.layers import is_quant_module
+
+    return is_quant_module(m)
+
+
+def resolve(sel: Select, model: nn.Module, candidates: list[str]) -> list[str]:
+    """Names among ``candidates`` that ``sel`` matches; raises SelectorError when none do."""
+    mods = dict(model.named_modules())
+    if sel.name is not None:
+        if sel.name not in mods:
+            raise SelectorError(
+                f"selector name={sel.name!r} matches no module; quantizable layers are {candidates[:12]}"
+                + (" ..." if len(candidates) > 12 else "")
+            )
+        # a container name selects the quantizable layers inside it
+        out = [c for c in candidates if c == sel.name or c.startswith(sel.name + ".")]
+    elif sel.regex is not None:
+        rx = re.compile(sel.regex)
+        out = [c for c in candidates if rx.search(c)]
+    elif sel.type is not None:
+        out = [c for c in candidates if type(mods[c]).__name__ == sel.type
+               or any(b.__name__ == sel.type for b in type(mods[c]).__mro__)]
+    else:
+        out = candidates[:1] if sel.position == "first" else candidates[-1:]
+    if not out:
+        raise SelectorError(
+            f"selector {sel.to_dict()} matches no quantizable layer; the model's quantizable layers are "
+            f"{candidates[:12]}{' ...' if len(candidates) > 12 else ''}"
+        )
+    return out
