@@ -9,29 +9,61 @@ Example:
 from .algorithms.ptq import PTQConfig as PTQConfig
 from .api import (
     activation_quantizers as activation_quantizers,
+)
+from .api import (
     calibrate as calibrate,
+)
+from .api import (
     evaluate as evaluate,
+)
+from .api import (
     quantize_ as quantize_,
+)
+from .api import (
     register_handler as register_handler,
 )
-from .config import Config as Config, Override as Override, QuantSpec as QuantSpec, Select as Select
+from .config import Config as Config
+from .config import Override as Override
+from .config import QuantSpec as QuantSpec
+from .config import Select as Select
 from .errors import (
     CalibrationError as CalibrationError,
+)
+from .errors import (
     ConfigError as ConfigError,
+)
+from .errors import (
     LowbitError as LowbitError,
+)
+from .errors import (
     SelectorError as SelectorError,
+)
+from .errors import (
     UnsupportedError as UnsupportedError,
+)
+from .errors import (
     WeightsError as WeightsError,
 )
 from .observe import calibrating as calibrating
 from .quant import (
     Affine as Affine,
+)
+from .quant import (
     IntFormat as IntFormat,
+)
+from .quant import (
     PerChannel as PerChannel,
+)
+from .quant import (
     PerGroup as PerGroup,
+)
+from .quant import (
     PerTensor as PerTensor,
+)
+from .quant import (
     Symmetric as Symmetric,
 )
-from .recipes import list_recipes as list_recipes, load_recipe as load_recipe
+from .recipes import list_recipes as list_recipes
+from .recipes import load_recipe as load_recipe
 
 __version__ = "0.1.0"

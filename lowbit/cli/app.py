@@ -10,7 +10,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -44,7 +43,7 @@ def guarded(fn):
     return wrapper
 
 
-def _load_data(data_dir: Optional[str], calib_size: int):
+def _load_data(data_dir: str | None, calib_size: int):
     from ..data import load_fashion_mnist
 
     if calib_size < 1:
@@ -54,7 +53,7 @@ def _load_data(data_dir: Optional[str], calib_size: int):
     return calib, test
 
 
-def _apply_observer(config, observer: Optional[str]):
+def _apply_observer(config, observer: str | None):
     if observer is None:
         return config
     from ..config import QuantSpec  # noqa: F401  (validation happens in replace)
@@ -79,12 +78,12 @@ def _print_result(r: dict) -> None:
 def quantize(
     model: str = typer.Argument(..., help="zoo name (fmnist-resnet) or path/to/file.py:ClassOrFactory"),
     recipe: str = typer.Option("w8a8", "--recipe", "-r", help="recipe name (lowbit recipes) or a .yaml path"),
-    weights: Optional[str] = typer.Option(None, help="state_dict file (.safetensors or torch file, loaded weights_only)"),
+    weights: str | None = typer.Option(None, help="state_dict file (.safetensors or torch file, loaded weights_only)"),
     calib_size: int = typer.Option(512, help="number of calibration images (from the training split)"),
-    observer: Optional[str] = typer.Option(None, help="override the activation observer (minmax, ema, percentile, mse, entropy, aciq)"),
-    out: Optional[str] = typer.Option(None, help="folder for report.{json,md,html} and quantized state_dict"),
-    json_path: Optional[str] = typer.Option(None, "--json", help="write the result JSON here"),
-    data_dir: Optional[str] = typer.Option(None, help="Fashion-MNIST folder (default $LOWBIT_DATA or /usr/share/datasets/fashion-mnist)"),
+    observer: str | None = typer.Option(None, help="override the activation observer (minmax, ema, percentile, mse, entropy, aciq)"),
+    out: str | None = typer.Option(None, help="folder for report.{json,md,html} and quantized state_dict"),
+    json_path: str | None = typer.Option(None, "--json", help="write the result JSON here"),
+    data_dir: str | None = typer.Option(None, help="Fashion-MNIST folder (default $LOWBIT_DATA or /usr/share/datasets/fashion-mnist)"),
 ) -> None:
     """Quantize MODEL with RECIPE, evaluate float and quantized on the 10k test set."""
     from ..io import atomic_write_bytes, atomic_write_text
@@ -113,8 +112,8 @@ def quantize(
 @guarded
 def eval_cmd(
     model: str = typer.Argument(..., help="zoo name or path/to/file.py:ClassOrFactory"),
-    weights: Optional[str] = typer.Option(None, help="state_dict file"),
-    data_dir: Optional[str] = typer.Option(None, help="Fashion-MNIST folder"),
+    weights: str | None = typer.Option(None, help="state_dict file"),
+    data_dir: str | None = typer.Option(None, help="Fashion-MNIST folder"),
 ) -> None:
     """Top-1 accuracy of MODEL on the Fashion-MNIST test set."""
     from ..api import evaluate
@@ -152,10 +151,10 @@ def zoo_list() -> None:
 @guarded
 def zoo_train(
     name: str = typer.Argument(..., help="zoo model name"),
-    epochs: Optional[int] = typer.Option(None, help="override the epoch count"),
+    epochs: int | None = typer.Option(None, help="override the epoch count"),
     seed: int = typer.Option(0),
-    out_dir: Optional[str] = typer.Option(None, help="where to write weights + card (default: the package's zoo/weights)"),
-    data_dir: Optional[str] = typer.Option(None, help="Fashion-MNIST folder"),
+    out_dir: str | None = typer.Option(None, help="where to write weights + card (default: the package's zoo/weights)"),
+    data_dir: str | None = typer.Option(None, help="Fashion-MNIST folder"),
 ) -> None:
     """Train zoo model NAME on Fashion-MNIST (seeded) and write weights + model card."""
     from ..zoo.train import train_zoo_model
@@ -171,7 +170,7 @@ def demo(
     recipes_: str = typer.Option("w8a8,w8a8-per-tensor,w4a8,w4-weight-only,w4a4", "--recipes", help="comma-separated recipes"),
     out: str = typer.Option("demo-report", help="output folder"),
     calib_size: int = typer.Option(512),
-    data_dir: Optional[str] = typer.Option(None),
+    data_dir: str | None = typer.Option(None),
 ) -> None:
     """Quantize MODEL with several recipes, print float vs each, write an HTML report."""
     from rich.table import Table

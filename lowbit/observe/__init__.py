@@ -8,13 +8,24 @@ from .base import Observer as Observer
 from .calibrate import calibrating as calibrating
 from .histogram import (
     ACIQObserver as ACIQObserver,
+)
+from .histogram import (
     EntropyObserver as EntropyObserver,
+)
+from .histogram import (
     HistogramObserver as HistogramObserver,
+)
+from .histogram import (
     MSEObserver as MSEObserver,
+)
+from .histogram import (
     PercentileObserver as PercentileObserver,
+)
+from .histogram import (
     aciq_alpha as aciq_alpha,
 )
-from .minmax import MinMaxObserver as MinMaxObserver, MovingAverageMinMaxObserver as MovingAverageMinMaxObserver
+from .minmax import MinMaxObserver as MinMaxObserver
+from .minmax import MovingAverageMinMaxObserver as MovingAverageMinMaxObserver
 
 OBSERVERS: dict[str, type[Observer]] = {
     c.name: c

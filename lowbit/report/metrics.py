@@ -9,7 +9,7 @@
 Example:
     >>> import torch
     >>> r = torch.tensor([1.0, -1.0, 2.0]); round(sqnr_db(r, r + 0.01), 1)
-    44.8
+    43.0
 """
 
 from __future__ import annotations

@@ -66,7 +66,8 @@ def quantize_functional_adds(model: nn.Module, spec: QuantSpec) -> tuple[nn.Modu
     """Replace tensor ``a + b`` nodes (``operator.add``/``iadd``, ``torch.add``) by :class:`QuantAdd` modules.
 
     Returns ``(graph_module, names_of_added_modules)``; the GraphModule shares every submodule
-    with ``model``. If the model cannot be traced, returns ``(model, [])`` with a warning.
+    with ``model``. If there is no such add, returns ``(model, [])``; if the model cannot be
+    traced, the same with a warning.
     """
     gm = try_trace(model, "quantization of functional residual adds")
     if gm is None:
@@ -84,6 +85,8 @@ def quantize_functional_adds(model: nn.Module, spec: QuantSpec) -> tuple[nn.Modu
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
         names.append(name)
+    if not names:  # nothing to capture: keep the user's own module object
+        return model, []
     gm.graph.lint()
     gm.recompile()
     return gm, names

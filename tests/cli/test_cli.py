@@ -1,0 +1,124 @@
+"""CLI end to end on fmnist-mlp (real data, shipped weights) and every error path: one line, exit 2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+LOWBIT = [sys.executable, "-m", "lowbit.cli.__main__"]
+
+
+def run(*args, env_extra=None, **kw):
+    import os
+
+    env = {**os.environ, "LOWBIT_PROGRESS": "0", **(env_extra or {})}
+    return subprocess.run([*LOWBIT, *args], capture_output=True, text=True, env=env, timeout=600, **kw)
+
+
+def test_quantize_end_to_end_on_mlp(tmp_path):
+    out = tmp_path / "rep"
+    js = tmp_path / "r.json"
+    p = run("quantize", "fmnist-mlp", "--recipe", "w8a8", "--calib-size", "256", "--json", str(js), "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    r = json.loads(js.read_text())
+    for key in ("fp32_accuracy", "quantized_accuracy", "accuracy_drop_pp", "quantize_seconds", "size_bytes", "recipe", "layers"):
+        assert key in r
+    assert r["recipe"] == "w8a8" and r["calibration_samples"] == 256
+    assert r["fp32_accuracy"] > 85 and abs(r["accuracy_drop_pp"]) < 0.5
+    assert r["size_bytes"]["quantized"] < 0.3 * r["size_bytes"]["fp32"]
+    names = [layer["name"] for layer in r["layers"]]
+    assert names == ["fc1", "fc2"]
+    assert all(layer["weight_bits"] == 8 and layer["weight_sqnr_db"] > 30 for layer in r["layers"])
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64" in html and "fc1" in html
+    assert (out / "report.md").read_text().startswith("# lowbit quantization report")
+
+
+def test_quantize_user_file_with_weights(tmp_path):
+    from lowbit.zoo import load_model
+
+    src = tmp_path / "my_model.py"
+    src.write_text(
+        "import torch.nn as nn\n"
+        "class MyMLP(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.flatten = nn.Flatten(); self.fc1 = nn.Linear(784, 128); self.relu = nn.ReLU(); self.fc2 = nn.Linear(128, 10)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc2(self.relu(self.fc1(self.flatten(x))))\n"
+    )
+    w = tmp_path / "w.pt"
+    torch.save(load_model("fmnist-mlp").state_dict(), w)
+    js = tmp_path / "r.json"
+    p = run("quantize", f"{src}:MyMLP", "--weights", str(w), "--recipe", "w4a8", "--calib-size", "128", "--json", str(js))
+    assert p.returncode == 0, p.stderr
+    r = json.loads(js.read_text())
+    assert r["fp32_accuracy"] > 85
+
+
+def test_lists():
+    p = run("recipes")
+    assert p.returncode == 0 and "w8a8" in p.stdout and "w4-weight-only" in p.stdout
+    p = run("zoo", "list")
+    assert p.returncode == 0 and "fmnist-resnet" in p.stdout
+
+
+def test_eval():
+    p = run("eval", "fmnist-mlp")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["accuracy"] > 85
+
+
+def _bad_user_file(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text(
+        "import torch.nn as nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__(); self.fc = nn.Linear(784, 10)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(x.flatten(1))\n"
+    )
+    return src
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["quantize", "fmnist-mlp", "--recipe", "w3a1"], "unknown recipe 'w3a1'"),
+        (["quantize", "no-such-model"], "unknown model 'no-such-model'"),
+        (["quantize", "fmnist-mlp", "--calib-size", "0"], "calib_size must be a positive integer"),
+        (["quantize", "fmnist-mlp", "--observer", "magic"], "unknown observer 'magic'"),
+        (["quantize", "/nonexistent/file.py:Net"], "does not exist"),
+        (["zoo", "train", "fmnist-vit"], "unknown zoo model"),
+    ],
+)
+def test_errors_are_one_line_exit_2(args, needle):
+    p = run(*args)
+    assert p.returncode == 2
+    assert needle in p.stderr
+    assert p.stderr.strip().count("\n") == 0 and "Traceback" not in p.stderr
+
+
+def test_user_file_errors(tmp_path):
+    src = _bad_user_file(tmp_path)
+    p = run("quantize", f"{src}:Missing")
+    assert p.returncode == 2 and "defines no 'Missing'" in p.stderr and "Net" in p.stderr
+    w = tmp_path / "w.pt"
+    torch.save({"fc.weight": torch.zeros(10, 784), "other": torch.zeros(1)}, w)
+    p = run("quantize", f"{src}:Net", "--weights", str(w))
+    assert p.returncode == 2 and "missing keys ['fc.bias']" in p.stderr and "unexpected keys ['other']" in p.stderr
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    p = run("quantize", f"{src}:Net", "--weights", str(bad))
+    assert p.returncode == 2 and "weights_only" in p.stderr
+
+
+def test_missing_dataset_says_how_to_install(tmp_path):
+    p = run("eval", "fmnist-mlp", "--data-dir", str(tmp_path))
+    assert p.returncode == 2
+    assert "apt-get install -y dataset-fashion-mnist" in p.stderr
+    p = run("eval", "fmnist-mlp", env_extra={"LOWBIT_DATA": str(tmp_path / "none")})
+    assert p.returncode == 2 and "dataset-fashion-mnist" in p.stderr

@@ -1,0 +1,93 @@
+import pytest
+import torch
+from torch import nn
+
+from lowbit.algorithms.ptq.config import DEFAULT_ACTIVATION
+from lowbit.config import Select
+from lowbit.errors import SelectorError
+from lowbit.nn import QuantAdd
+from lowbit.transform import FoldBatchNorm, quantizable_layers, quantize_functional_adds, resolve
+from lowbit.zoo.models import FmnistMobileNet, FmnistResNet
+
+
+def _randomize_bn(model):
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("factory,n_bn", [(FmnistResNet, 9), (FmnistMobileNet, 22)])
+def test_bn_folding_is_exact_and_removes_every_bn(factory, n_bn):
+    torch.manual_seed(0)
+    model = _randomize_bn(factory())
+    x = torch.randn(4, 1, 28, 28)
+    ref = model(x)
+    fold = FoldBatchNorm()
+    model = fold.apply(model)
+    assert len(fold.folded) == n_bn
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    torch.testing.assert_close(model(x), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_bn_after_shared_conv_output_is_not_folded():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+            self.bn = nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y  # conv output used twice: folding would change the second use
+
+    fold = FoldBatchNorm()
+    fold.apply(Branchy().eval())
+    assert fold.folded == []
+
+
+def test_residual_adds_become_quant_adds():
+    gm, names = quantize_functional_adds(FmnistResNet(), DEFAULT_ACTIVATION)
+    assert len(names) == 3
+    assert sum(isinstance(m, QuantAdd) for m in gm.modules()) == 3
+    gm, names = quantize_functional_adds(FmnistMobileNet(), DEFAULT_ACTIVATION)
+    assert len(names) == 4  # blocks with stride 1 and equal in/out channels
+
+
+def test_untraceable_model_warns_and_keeps_module():
+    class DataDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow: fx cannot trace
+                return self.fc(x) + x
+            return x
+
+    m = DataDependent()
+    with pytest.warns(UserWarning, match="cannot trace"):
+        out, names = quantize_functional_adds(m, DEFAULT_ACTIVATION)
+    assert out is m and names == []
+
+
+def test_selectors():
+    m = FmnistResNet()
+    c = quantizable_layers(m)
+    assert resolve(Select(name="fc"), m, c) == ["fc"]
+    assert resolve(Select(name="layers.0"), m, c) == ["layers.0.conv1", "layers.0.conv2"]
+    assert resolve(Select(regex=r"shortcut"), m, c) == ["layers.1.shortcut.0", "layers.2.shortcut.0"]
+    assert resolve(Select(type="Linear"), m, c) == ["fc"]
+    assert resolve(Select(position="first"), m, c) == ["stem.0"]
+    assert resolve(Select(position="last"), m, c) == ["fc"]
+
+
+@pytest.mark.parametrize("sel", [Select(name="nope"), Select(regex="^zzz"), Select(type="LSTM")])
+def test_selector_matching_nothing_is_error(sel):
+    m = FmnistResNet()
+    with pytest.raises(SelectorError, match="match"):
+        resolve(sel, m, quantizable_layers(m))
