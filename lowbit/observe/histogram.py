@@ -82,8 +82,7 @@ class HistogramObserver(Observer):
         return _interp(points, self.edges(), cum)
 
     def _update(self, xv: torch.Tensor) -> None:
-        x = xv.double()
-        blo, bhi = x.amin(1), x.amax(1)
+        blo, bhi = (t.double() for t in torch.aminmax(xv, dim=1))
         if self.hist is None:
             self.lo, self.hi = blo, bhi
             same = self.hi <= self.lo
@@ -91,16 +90,22 @@ class HistogramObserver(Observer):
             pad = torch.where(self.lo.abs() > 0, self.lo.abs() * 1e-6, torch.full_like(self.lo, 1e-8))
             self.lo = torch.where(same, self.lo - pad, self.lo)
             self.hi = torch.where(same, self.hi + pad, self.hi)
-            self.hist = torch.zeros(x.shape[0], self.bins, dtype=torch.float64)
+            self.hist = torch.zeros(xv.shape[0], self.bins, dtype=torch.float64)
         elif bool((blo < self.lo).any() or (bhi > self.hi).any()):
             new_lo, new_hi = torch.minimum(self.lo, blo), torch.maximum(self.hi, bhi)
             t = torch.linspace(0, 1, self.bins + 1, dtype=torch.float64)
             new_edges = new_lo[:, None] + (new_hi - new_lo)[:, None] * t[None, :]
             self.hist = self.cdf_at(new_edges).diff(dim=1).clamp_min(0)
             self.lo, self.hi = new_lo, new_hi
+        rows = self.hist.shape[0]
+        if rows == 1:  # per-tensor: torch.histc is a fast single pass in C++
+            lo, hi = float(self.lo[0]), float(self.hi[0])
+            h = torch.histc(xv.reshape(-1).float(), bins=self.bins, min=lo, max=hi)
+            self.hist[0] += h.double()
+            return
+        x = xv.double()
         width = (self.hi - self.lo)[:, None]
         idx = ((x - self.lo[:, None]) / width * self.bins).floor().clamp(0, self.bins - 1).long()
-        rows = self.hist.shape[0]
         flat = (idx + torch.arange(rows)[:, None] * self.bins).reshape(-1)
         self.hist += torch.bincount(flat, minlength=rows * self.bins).reshape(rows, self.bins).double()
 

@@ -33,7 +33,7 @@ class MinMaxObserver(Observer):
         self.max_val: torch.Tensor | None = None
 
     def _update(self, xv: torch.Tensor) -> None:
-        lo, hi = xv.amin(dim=1), xv.amax(dim=1)
+        lo, hi = torch.aminmax(xv, dim=1)
         if self.min_val is None:
             self.min_val, self.max_val = lo, hi
         else:
