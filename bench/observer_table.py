@@ -47,7 +47,7 @@ def main() -> None:
             cfg = lowbit.load_recipe(recipe)
             row = {}
             runs = {"naive-minmax": naive(cfg)}
-            if cfg.activation is None:
+            if cfg.activation is None or cfg.activation.dynamic:
                 runs["recipe"] = cfg
             else:
                 for ob in OBSERVERS:

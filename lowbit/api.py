@@ -102,6 +102,9 @@ def calibrate(
     return seen
 
 
+_run_calibration = calibrate  # quantize_ has a ``calibrate`` flag that shadows the function name
+
+
 def activation_quantizers(model: nn.Module) -> list[ActQuant]:
     """All activation quantizers of ``model``."""
     return [m for m in model.modules() if isinstance(m, ActQuant)]
@@ -139,7 +142,7 @@ def quantize_(
     model, info = handler(model, config)
     needs_calib = any(not q.spec.dynamic for q in activation_quantizers(model))
     if calibrate and needs_calib:
-        info["calibration_samples"] = globals()["calibrate"](
+        info["calibration_samples"] = _run_calibration(
             model, data, transform_fn=transform_fn, max_samples=getattr(config, "calib_size", None)
         )
     info["seconds"] = time.perf_counter() - t0

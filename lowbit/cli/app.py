@@ -56,8 +56,6 @@ def _load_data(data_dir: str | None, calib_size: int):
 def _apply_observer(config, observer: str | None):
     if observer is None:
         return config
-    from ..config import QuantSpec  # noqa: F401  (validation happens in replace)
-
     act = config.activation.replace(observer=observer) if config.activation is not None else None
     return config.replace(activation=act)
 

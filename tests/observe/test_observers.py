@@ -133,17 +133,32 @@ def test_mse_observer_is_near_brute_force_optimum():
 
 
 def test_entropy_uses_fine_histogram_and_differs_from_minmax():
-    """With 2048 bins the KL search clips an outlier-heavy ReLU-like distribution (128 bins cannot)."""
+    """ONNX Runtime's 128-bin default leaves the KL search a single candidate (= min-max); 2048 bins clip the tail."""
     torch.manual_seed(0)
-    x = torch.distributions.Exponential(1.0).sample((100_000,))
-    ob, mm = EntropyObserver(), MinMaxObserver()
-    ob.update(x)
-    mm.update(x)
-    fmt = IntFormat(bits=8, signed=False)
-    hi = ob.compute_range(fmt, Affine())[1].item()
-    assert ob.bins >= 2048
-    assert hi < 0.8 * mm.compute_range(fmt, Affine())[1].item()
-    assert hi > 4.0  # not absurdly tight for 8 bits
+    x = torch.distributions.Laplace(0.0, 1.0).sample((100_000,))
+    amax = x.abs().max().item()
+    coarse, fine = EntropyObserver(bins=128), EntropyObserver()
+    coarse.update(x)
+    fine.update(x)
+    fmt = IntFormat(bits=8, signed=True)
+    assert fine.bins >= 2048
+    assert coarse.compute_range(fmt, Symmetric())[1].item() == pytest.approx(amax, rel=0.02)
+    t = fine.compute_range(fmt, Symmetric())[1].item()
+    assert 0.5 * amax < t < 0.9 * amax
+    e = torch.distributions.Exponential(1.0).sample((100_000,))
+    ob = EntropyObserver()
+    ob.update(e)
+    assert 0.4 * e.max().item() < ob.compute_range(IntFormat(bits=8, signed=False), Affine())[1].item() < 0.8 * e.max().item()
+
+
+def test_entropy_ignores_the_relu_zero_spike():
+    """Exact zeros sit on the grid; they must not drag the KL threshold down."""
+    torch.manual_seed(0)
+    r = torch.relu(torch.randn(100_000))  # half the mass is exactly 0
+    ob = EntropyObserver()
+    ob.update(r)
+    hi = ob.compute_range(IntFormat(bits=8, signed=False), Affine())[1].item()
+    assert hi > 0.75 * r.max().item()
 
 
 @pytest.mark.parametrize("bits,laplace,gauss", [(2, 2.83, 1.71), (3, 3.89, 2.15), (4, 5.03, 2.55), (8, 9.89, 3.92)])
