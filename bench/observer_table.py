@@ -35,7 +35,11 @@ def naive(cfg: lowbit.PTQConfig) -> lowbit.PTQConfig:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="fmnist-resnet,fmnist-mobilenet")
+    ap.add_argument("--print-only", action="store_true", help="re-print the table from the last JSON")
     args = ap.parse_args()
+    if args.print_only:
+        print_tables(json.loads(OUT.read_text()))
+        return
     test = load_fashion_mnist("test")
     calib = load_fashion_mnist("train").subset(512, seed=0)
     table = {}
@@ -59,9 +63,14 @@ def main() -> None:
             print(name, recipe, row, flush=True)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(table, indent=1) + "\n")
+    print_tables(table)
+
+
+def print_tables(table: dict) -> None:
+    """Markdown: one row per recipe; 'recipe' = the recipe as shipped (weight-only / dynamic recipes)."""
     for name, t in table.items():
         print(f"\n{name} (fp32 {t['fp32']:.2f} %), accuracy drop in pp (lower is better)\n")
-        cols = ["naive-minmax", *OBSERVERS]
+        cols = ["naive-minmax", *OBSERVERS, "recipe"]
         print("| recipe | " + " | ".join(cols) + " |")
         print("|---|" + "---|" * len(cols))
         for recipe, row in t["recipes"].items():

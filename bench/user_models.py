@@ -71,10 +71,12 @@ def main() -> None:
             print(f"trained {name}: {acc:.2f}% in {time.time() - t0:.0f}s", flush=True)
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(wpath))
         out = HERE / "results" / f"user_{name}_{args.recipe}.json"
-        cmd = ["lowbit", "quantize", f"{HERE / 'user_models' / fname}:{factory}", "--weights", str(wpath),
-               "--recipe", args.recipe, "--json", str(out)]
+        rel = lambda p: os.path.relpath(p, HERE.parent)  # noqa: E731 - paths relative to the repo root
+        cmd = ["lowbit", "quantize", f"{rel(HERE / 'user_models' / fname)}:{factory}", "--weights", rel(wpath),
+               "--recipe", args.recipe, "--json", rel(out)]
         env = {**os.environ, "LOWBIT_PROGRESS": "0"}
-        subprocess.run([sys.executable, "-m", "lowbit.cli.__main__", *cmd[1:]], check=True, env=env, stdout=subprocess.DEVNULL)
+        subprocess.run([sys.executable, "-m", "lowbit.cli.__main__", *cmd[1:]], check=True, env=env, stdout=subprocess.DEVNULL,
+                       cwd=HERE.parent)
         r = json.loads(out.read_text())
         rows.append({"model": name, "recipe": args.recipe, "fp32": r["fp32_accuracy"], "quantized": r["quantized_accuracy"],
                      "drop_pp": r["accuracy_drop_pp"], "ptq_s": r["quantize_seconds"], "folded_bn": r["folded_batchnorms"],
