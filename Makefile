@@ -2,7 +2,6 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.lowbit-installed
-export LOWBIT_PROGRESS ?= 1
 
 .PHONY: setup data demo test lint bench clean
 

@@ -188,7 +188,8 @@ def demo(
         _, r = quantize_and_measure(float_model, cfg, calib, test, recipe=n, model_name=model, fp32_accuracy=fp32)
         results.append(r)
     t = Table(title=f"{model}: float vs quantized (Fashion-MNIST test, 10 000 images)")
-    for h in ("recipe", "accuracy %", "drop pp", "size KiB", "x smaller", "GBitOPs", "PTQ s"):
+    t.add_column("recipe", no_wrap=True)
+    for h in ("accuracy %", "drop pp", "size KiB", "x smaller", "GBitOPs", "PTQ s"):
         t.add_column(h, justify="right")
     t.add_row("fp32", f"{fp32:.2f}", "-", f"{results[0]['size_bytes']['fp32'] / 1024:.1f}", "1.00",
               f"{results[0]['bitops']['fp32_bitops'] / 1e9:.3f}", "-")
