@@ -44,6 +44,9 @@ from .errors import (
 from .errors import (
     WeightsError as WeightsError,
 )
+from .export import CheckpointError as CheckpointError
+from .export import load as load
+from .export import save as save
 from .observe import calibrating as calibrating
 from .quant import (
     Affine as Affine,

@@ -79,12 +79,12 @@ def quantize(
     weights: str | None = typer.Option(None, help="state_dict file (.safetensors or torch file, loaded weights_only)"),
     calib_size: int = typer.Option(512, help="number of calibration images (from the training split)"),
     observer: str | None = typer.Option(None, help="override the activation observer (minmax, ema, percentile, mse, entropy, aciq)"),
-    out: str | None = typer.Option(None, help="folder for report.{json,md,html} and quantized state_dict"),
+    out: str | None = typer.Option(None, help="folder for report.{json,md,html} and the packed model.lowbit"),
     json_path: str | None = typer.Option(None, "--json", help="write the result JSON here"),
     data_dir: str | None = typer.Option(None, help="Fashion-MNIST folder (default $LOWBIT_DATA or /usr/share/datasets/fashion-mnist)"),
 ) -> None:
     """Quantize MODEL with RECIPE, evaluate float and quantized on the 10k test set."""
-    from ..io import atomic_write_bytes, atomic_write_text
+    from ..io import atomic_write_text
     from ..recipes import load_recipe
     from ..report import quantize_and_measure, write_report
     from ..zoo.resolve import load_model_spec
@@ -98,12 +98,12 @@ def quantize(
     if json_path:
         atomic_write_text(json_path, json.dumps(result, indent=1, default=float) + "\n")
     if out:
-        from safetensors.torch import save
+        from ..export import save
 
         paths = write_report([result], out)
-        state = {k: v.detach().contiguous() for k, v in qmodel.state_dict().items() if v is not None}
-        atomic_write_bytes(Path(out) / "quantized_fakequant.safetensors", save(state))
-        typer.echo(f"report: {paths['html']}")
+        packed = Path(out) / "model.lowbit"
+        save(qmodel, packed, model_spec=model)
+        typer.echo(f"report: {paths['html']}\npacked model: {packed} ({packed.stat().st_size} bytes)")
 
 
 @app.command("eval")

@@ -115,6 +115,11 @@ class WeightQuant(nn.Module):
             self._version = key
         return self.scale, self.zero_point
 
+    def set_qparams(self, w: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
+        """Pin given qparams for the current weight tensor (e.g. loaded from a packed checkpoint)."""
+        self.scale, self.zero_point = scale.float(), zero_point.to(torch.int32)
+        self._version = (id(w), w._version)
+
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         scale, zp = self.qparams(w)
         return fake_quantize(w, scale, zp, self.spec.format, self.spec.granularity, self.spec.rounding)

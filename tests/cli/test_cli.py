@@ -34,6 +34,10 @@ def test_quantize_end_to_end_on_mlp(tmp_path):
     html = (out / "report.html").read_text()
     assert "data:image/png;base64" in html and "fc1" in html
     assert (out / "report.md").read_text().startswith("# lowbit quantization report")
+    import lowbit
+
+    reloaded = lowbit.load(out / "model.lowbit")  # rebuilt from the manifest (zoo name)
+    assert type(reloaded.fc1).__name__ == "QuantLinear"
 
 
 def test_quantize_user_file_with_weights(tmp_path):

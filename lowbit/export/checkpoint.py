@@ -1,0 +1,224 @@
+"""Packed checkpoint format (``.lowbit``): bit-packed weights + scales in safetensors, a JSON manifest,
+and a SHA-256 over manifest and payload. Never pickles.
+
+File layout: one safetensors file. Its ``__metadata__`` holds
+
+* ``lowbit_format`` — format version (this code writes and reads ``1``);
+* ``lowbit_manifest`` — JSON: lowbit version, model spec, the quantization config, a layer map;
+* ``lowbit_sha256`` — SHA-256 of ``manifest || tensor_0 bytes || tensor_1 bytes ...`` (keys sorted).
+
+Tensors: ``L/<layer>/qweight`` (uint8, bit-packed codes ``q - qmin``, 1..8 bits; int16/int32 codes
+above 8 bits), ``L/<layer>/scale`` (fp32), ``L/<layer>/zero_point`` (the grid's integer dtype),
+``A/<quantizer>/scale|zero_point`` for calibrated activation quantizers, and ``F/<key>`` for every
+other float tensor (biases, float layers). A ``b``-bit layer of ``n`` weights takes
+``ceil(n b / 8)`` bytes plus its qparams.
+
+Loading rebuilds the model (zoo name / ``file.py:Name`` from the manifest, or the skeleton you pass),
+re-applies the config without calibration, writes ``W = S (q - Z)`` and pins the stored qparams, so
+the loaded model's outputs are bit-identical to the saved one's.
+
+Example:
+    >>> import tempfile, os, torch, lowbit
+    >>> from lowbit.zoo.models import FmnistMLP
+    >>> torch.manual_seed(0) and None
+    >>> m = lowbit.quantize_(FmnistMLP(), lowbit.load_recipe("w4a8"), data=[torch.randn(8, 1, 28, 28)])
+    >>> path = os.path.join(tempfile.mkdtemp(), "mlp.lowbit")
+    >>> info = lowbit.save(m, path)
+    >>> m2 = lowbit.load(path, model=FmnistMLP())
+    >>> x = torch.randn(4, 1, 28, 28); torch.equal(m(x), m2(x))
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import CalibrationError, ConfigError, LowbitError, UnsupportedError
+from ..io import atomic_write_bytes
+from ..nn import ActQuant
+from ..nn.layers import is_quant_module
+from ..quant import dequantize, quantize
+from .bitpack import pack_bits, unpack_bits
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(LowbitError, ValueError):
+    """A ``.lowbit`` file is corrupt, truncated, tampered with, or from a newer format."""
+
+
+def _digest(manifest: str, tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256(manifest.encode("utf-8"))
+    for k in sorted(tensors):
+        h.update(k.encode("utf-8"))
+        h.update(tensors[k].contiguous().view(torch.uint8).numpy().tobytes() if tensors[k].numel() else b"")
+    return h.hexdigest()
+
+
+def _config_of(model: nn.Module) -> dict:
+    info = getattr(model, "lowbit_info", None)
+    if not info or "config" not in info:
+        raise UnsupportedError("lowbit.save needs a model quantized by lowbit.quantize_ (no lowbit_info found)")
+    return info["config"]
+
+
+def save(model: nn.Module, path: str | Path, *, model_spec: str | None = None) -> dict:
+    """Write ``model`` (quantized by ``quantize_``) as a packed ``.lowbit`` file, atomically.
+
+    Args:
+        model: the quantized model.
+        path: output file.
+        model_spec: zoo name or ``file.py:Name`` that rebuilds the float architecture on load
+            (stored in the manifest; without it ``load`` needs ``model=``).
+
+    Returns the manifest (with ``payload_bytes`` and ``weight_bits_total``).
+    """
+    from safetensors.torch import save as st_save
+
+    from .. import __version__
+
+    config = _config_of(model)
+    tensors: dict[str, torch.Tensor] = {}
+    layers: dict[str, dict] = {}
+    covered: set[str] = set()
+    weight_bits_total = 0
+    for name, m in model.named_modules():
+        if not is_quant_module(m) or m.weight_quant is None:
+            continue
+        wq = m.weight_quant
+        fmt = wq.spec.format
+        scale, zp = wq.qparams(m.weight)
+        q = quantize(m.weight.detach(), scale, zp, fmt, wq.spec.granularity)
+        if fmt.bits <= 8:
+            tensors[f"L/{name}/qweight"] = pack_bits(q, fmt.bits, fmt.qmin)
+        else:
+            tensors[f"L/{name}/qweight"] = q.reshape(-1).to(torch.int16 if fmt.signed else torch.int32)
+        tensors[f"L/{name}/scale"] = scale.float().contiguous()
+        tensors[f"L/{name}/zero_point"] = zp.to(fmt.storage_dtype).contiguous()
+        weight_bits_total += m.weight.numel() * fmt.bits
+        layers[name] = {"type": type(m).__name__, "shape": list(m.weight.shape), "spec": wq.spec.to_dict()}
+        covered.add(f"{name}.weight" if name else "weight")
+    activations: dict[str, dict] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, ActQuant) and not m.spec.dynamic:
+            if m.scale is None:
+                raise CalibrationError(
+                    f"activation quantizer {name} is not calibrated; calibrate the model (quantize_(..., data=...)) before saving"
+                )
+            tensors[f"A/{name}/scale"] = m.scale.float().reshape(-1).contiguous()
+            tensors[f"A/{name}/zero_point"] = m.zero_point.to(torch.int32).reshape(-1).contiguous()
+            activations[name] = {"shape": list(m.scale.shape)}
+    for key, t in model.state_dict().items():
+        if key in covered or t is None:
+            continue
+        owner = key.rpartition(".")[0]
+        if owner in activations or owner.endswith("weight_quant"):
+            continue  # qparams stored above / recomputed from the packed codes
+        tensors[f"F/{key}"] = t.detach().contiguous()
+    manifest = json.dumps({
+        "format": "lowbit-packed", "format_version": FORMAT_VERSION, "lowbit_version": __version__,
+        "model": model_spec, "config": config, "layers": layers, "activations": activations,
+    }, sort_keys=True)
+    meta = {"lowbit_format": str(FORMAT_VERSION), "lowbit_manifest": manifest, "lowbit_sha256": _digest(manifest, tensors)}
+    blob = st_save(tensors, metadata=meta)
+    atomic_write_bytes(path, blob)
+    out = json.loads(manifest)
+    out.update(payload_bytes=len(blob), weight_bits_total=weight_bits_total)
+    return out
+
+
+def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    from safetensors.torch import load as st_load
+
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    raw = path.read_bytes()
+    if len(raw) < 8:
+        raise CheckpointError(f"{path} is truncated ({len(raw)} bytes); re-save it with lowbit.save")
+    (hlen,) = struct.unpack("<Q", raw[:8])
+    if 8 + hlen > len(raw):
+        raise CheckpointError(f"{path} is truncated: header says {hlen} bytes, file has {len(raw) - 8}")
+    try:
+        header = json.loads(raw[8 : 8 + hlen])
+        meta = header.get("__metadata__") or {}
+    except (ValueError, AttributeError):
+        raise CheckpointError(f"{path} is not a lowbit packed checkpoint (unreadable header)") from None
+    if "lowbit_format" not in meta:
+        raise CheckpointError(f"{path} is a safetensors file but not a lowbit packed checkpoint (no lowbit_format)")
+    try:
+        version = int(meta["lowbit_format"])
+    except ValueError:
+        raise CheckpointError(f"{path}: bad format version {meta['lowbit_format']!r}") from None
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} uses packed format version {version}; this lowbit reads up to {FORMAT_VERSION} — upgrade lowbit to load it"
+        )
+    try:
+        tensors = st_load(raw)
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{path} is corrupt or truncated ({type(e).__name__}: {e})") from None
+    manifest_s = meta.get("lowbit_manifest", "")
+    if _digest(manifest_s, tensors) != meta.get("lowbit_sha256"):
+        raise CheckpointError(f"{path} failed its SHA-256 check: the file was modified or damaged after saving")
+    return json.loads(manifest_s), tensors
+
+
+def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
+    """Load a ``.lowbit`` file into a quantized model with bit-identical outputs.
+
+    Args:
+        path: the file written by :func:`save`.
+        model: float skeleton of the architecture; default: rebuilt from the manifest's model spec.
+    """
+    from ..algorithms.ptq import PTQConfig
+    from ..api import quantize_
+    from ..zoo.resolve import load_model_spec
+
+    manifest, tensors = _read(Path(path))
+    if model is None:
+        if not manifest.get("model"):
+            raise ConfigError(f"{path} records no model spec; pass model=<float nn.Module of the same architecture>")
+        model = load_model_spec(manifest["model"], pretrained=False)
+    config = PTQConfig.from_dict(manifest["config"])
+    model = quantize_(model, config, calibrate=False)
+    mods = dict(model.named_modules())
+    with torch.no_grad():
+        float_state = {k[2:]: v for k, v in tensors.items() if k.startswith("F/")}
+        own = model.state_dict()
+        missing = [k for k in float_state if k not in own]
+        if missing:
+            raise CheckpointError(f"{path} does not match the model: unknown tensors {missing[:6]}")
+        for k, v in float_state.items():
+            target = own[k]
+            if target.shape != v.shape:
+                raise CheckpointError(f"{path}: tensor {k} has shape {tuple(v.shape)}, model expects {tuple(target.shape)}")
+            target.copy_(v)
+        for name, entry in manifest["layers"].items():
+            m = mods.get(name)
+            if m is None or not is_quant_module(m) or m.weight_quant is None:
+                raise CheckpointError(f"{path}: layer {name} is not a quantized layer of this model")
+            wq = m.weight_quant
+            fmt = wq.spec.format
+            shape = torch.Size(entry["shape"])
+            if shape != m.weight.shape:
+                raise CheckpointError(f"{path}: layer {name} weight shape {tuple(shape)} != model {tuple(m.weight.shape)}")
+            packed = tensors[f"L/{name}/qweight"]
+            q = (unpack_bits(packed, fmt.bits, fmt.qmin, math.prod(shape)) if fmt.bits <= 8 else packed.to(torch.int32)).reshape(shape)
+            scale = tensors[f"L/{name}/scale"]
+            zp = tensors[f"L/{name}/zero_point"].to(torch.int32)
+            m.weight.copy_(dequantize(q, scale, zp, wq.spec.granularity))
+            wq.set_qparams(m.weight, scale, zp)
+        for name, entry in manifest["activations"].items():
+            aq = mods.get(name)
+            if not isinstance(aq, ActQuant):
+                raise CheckpointError(f"{path}: activation quantizer {name} not found in the model")
+            aq.set_qparams(tensors[f"A/{name}/scale"].reshape(entry["shape"]), tensors[f"A/{name}/zero_point"].reshape(entry["shape"]))
+    model.eval()
+    return model
