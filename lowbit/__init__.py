@@ -45,6 +45,7 @@ from .errors import (
     WeightsError as WeightsError,
 )
 from .export import CheckpointError as CheckpointError
+from .export import export_onnx as export_onnx
 from .export import load as load
 from .export import save as save
 from .observe import calibrating as calibrating

@@ -106,6 +106,43 @@ def quantize(
         typer.echo(f"report: {paths['html']}\npacked model: {packed} ({packed.stat().st_size} bytes)")
 
 
+@app.command()
+@guarded
+def export(
+    model: str = typer.Argument(..., help="zoo name or path/to/file.py:ClassOrFactory"),
+    recipe: str = typer.Option("w8a8", "--recipe", "-r", help="recipe (for --format onnx / lowbit)"),
+    fmt: str = typer.Option("onnx", "--format", help="onnx (int8 QDQ), onnx-fp32, onnx-fp16, onnx-bf16, or lowbit (packed)"),
+    out: str = typer.Option(..., "--out", help="output file"),
+    weights: str | None = typer.Option(None, help="state_dict file"),
+    calib_size: int = typer.Option(512, help="calibration images"),
+    opset: int = typer.Option(17, help="ONNX opset"),
+    data_dir: str | None = typer.Option(None, help="Fashion-MNIST folder"),
+) -> None:
+    """Quantize MODEL with RECIPE and export it (ONNX QDQ for ONNX Runtime, or the packed .lowbit format)."""
+    from ..api import quantize_
+    from ..export import export_onnx, save
+    from ..recipes import load_recipe
+    from ..zoo.resolve import load_model_spec
+
+    formats = ("onnx", "onnx-fp32", "onnx-fp16", "onnx-bf16", "lowbit")
+    if fmt not in formats:
+        raise ConfigError(f"unknown --format {fmt!r}; use one of {list(formats)}")
+    float_model = load_model_spec(model, weights)
+    calib, test = _load_data(data_dir, calib_size)
+    example = test.images[:1]
+    if fmt.startswith("onnx-"):
+        info = export_onnx(float_model, example, out, opset=opset, precision=fmt.split("-")[1])
+    else:
+        config = load_recipe(recipe).replace(calib_size=calib_size)
+        qmodel = quantize_(float_model, config, data=calib)
+        if fmt == "onnx":
+            info = export_onnx(qmodel, example, out, opset=opset)
+        else:
+            info = save(qmodel, out, model_spec=model)
+            info = {"path": out, "bytes": info["payload_bytes"], "format": "lowbit"}
+    typer.echo(json.dumps({k: v for k, v in info.items() if k in ("path", "bytes", "precision", "opset", "format", "weight_initializers_int8")}))
+
+
 @app.command("eval")
 @guarded
 def eval_cmd(

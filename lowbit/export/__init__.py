@@ -5,3 +5,4 @@ from .bitpack import unpack_bits as unpack_bits
 from .checkpoint import CheckpointError as CheckpointError
 from .checkpoint import load as load
 from .checkpoint import save as save
+from .onnx import export_onnx as export_onnx

@@ -29,7 +29,17 @@ from ..config import QuantSpec
 from ..errors import CalibrationError
 from ..observe import make_observer
 from ..observe.calibrate import Calibratable
-from ..quant import choose_qparams_dynamic, fake_quantize
+from ..quant import PerChannel, choose_qparams_dynamic, fake_quantize
+
+
+def torch_fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """The same fake-quantization through torch's built-in ops, which ``torch.onnx.export`` lowers to
+    QuantizeLinear / DequantizeLinear pairs (used only while exporting; see :mod:`lowbit.export.onnx`)."""
+    fmt = spec.format
+    if isinstance(spec.granularity, PerChannel):
+        axis = spec.granularity.axis % x.ndim
+        return torch.fake_quantize_per_channel_affine(x, scale.float(), zero_point.to(torch.int32), axis, fmt.qmin, fmt.qmax)
+    return torch.fake_quantize_per_tensor_affine(x, float(scale), int(zero_point), fmt.qmin, fmt.qmax)
 
 
 class ActQuant(Calibratable):
@@ -89,6 +99,8 @@ class ActQuant(Calibratable):
             self.observer.update(x)
             return x
         if self.state == "quant":
+            if getattr(self, "onnx_export", False):
+                return torch_fake_quantize(x, self.scale, self.zero_point, s)
             return fake_quantize(x, self.scale, self.zero_point, s.format, s.granularity, s.rounding)
         return x
 
@@ -122,6 +134,8 @@ class WeightQuant(nn.Module):
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         scale, zp = self.qparams(w)
+        if getattr(self, "onnx_export", False):
+            return torch_fake_quantize(w, scale, zp, self.spec)
         return fake_quantize(w, scale, zp, self.spec.format, self.spec.granularity, self.spec.rounding)
 
     def extra_repr(self) -> str:

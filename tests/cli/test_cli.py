@@ -126,3 +126,27 @@ def test_missing_dataset_says_how_to_install(tmp_path):
     assert "apt-get install -y dataset-fashion-mnist" in p.stderr
     p = run("eval", "fmnist-mlp", env_extra={"LOWBIT_DATA": str(tmp_path / "none")})
     assert p.returncode == 2 and "dataset-fashion-mnist" in p.stderr
+
+
+def test_export_onnx_and_packed(tmp_path):
+    p = run("export", "fmnist-mlp", "--recipe", "w8a8", "--calib-size", "128", "--out", str(tmp_path / "m.onnx"))
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["weight_initializers_int8"] == 2
+    p = run("export", "fmnist-mlp", "--format", "lowbit", "--recipe", "w4a8", "--calib-size", "128", "--out", str(tmp_path / "m.lowbit"))
+    assert p.returncode == 0, p.stderr
+    import lowbit
+
+    assert type(lowbit.load(tmp_path / "m.lowbit").fc1).__name__ == "QuantLinear"
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--format", "tflite"], "unknown --format 'tflite'"),
+        (["--recipe", "w4-weight-only"], "per_group weights cannot be expressed"),
+        (["--opset", "10"], "opset 10 is too old"),
+    ],
+)
+def test_export_errors(tmp_path, args, needle):
+    p = run("export", "fmnist-mlp", "--calib-size", "64", "--out", str(tmp_path / "x.onnx"), *args)
+    assert p.returncode == 2 and needle in p.stderr and p.stderr.strip().count("\n") == 0

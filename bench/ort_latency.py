@@ -1,0 +1,101 @@
+"""Benchmark: int8 latency and accuracy on ONNX Runtime — lowbit's QDQ export vs ONNX Runtime's own
+static quantizer, against float ORT, all in one run (2 intra-op threads).
+
+Latency: median over repeats of interleaved runs (float / each int8 model in turn), at batch 1 (20
+calls per repeat) and batch 256; reported as int8 latency / float latency on the same runtime.
+Accuracy on the 10 000-image test set; "agree" = identical top-1 to lowbit's fake-quant simulation.
+
+    python bench/ort_latency.py [--models fmnist-resnet,fmnist-mobilenet]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import lowbit
+from lowbit.data import load_fashion_mnist
+from lowbit.runtime import OrtModel
+from lowbit.zoo import load_model
+
+OUT = Path(__file__).parent / "results" / "ort_latency.json"
+
+
+def ort_own_quantizer(fp32_path: str, out_path: str, calib: np.ndarray, activation: str) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"input": calib[i : i + 64]} for i in range(0, len(calib), 64)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(fp32_path, out_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8 if activation == "u8" else QuantType.QInt8,
+                    weight_type=QuantType.QInt8)
+
+
+def latency(models: dict[str, OrtModel], x: np.ndarray, repeats: int, calls: int) -> dict[str, float]:
+    for m in models.values():
+        for _ in range(3):
+            m.run_numpy(x)
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(repeats):
+        for k, m in models.items():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                m.run_numpy(x)
+            times[k].append((time.perf_counter() - t0) / calls)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="fmnist-resnet,fmnist-mobilenet")
+    ap.add_argument("--recipe", default="w8a8")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    test = load_fashion_mnist("test")
+    calib = load_fashion_mnist("train").subset(512, seed=0)
+    X, y = test.images.numpy(), test.labels.numpy()
+    rows = []
+    tmp = Path(tempfile.mkdtemp())
+    for name in args.models.split(","):
+        fp = load_model(name)
+        q = lowbit.quantize_(copy.deepcopy(fp), lowbit.load_recipe(args.recipe), data=calib)
+        with torch.no_grad():
+            fq = torch.cat([q(test.images[i : i + 500]) for i in range(0, 10000, 500)]).numpy().argmax(1)
+        x1 = test.images[:1]
+        lowbit.export_onnx(fp, x1, tmp / f"{name}-fp32.onnx", precision="fp32")
+        lowbit.export_onnx(q, x1, tmp / f"{name}-lowbit.onnx")
+        for act in ("u8", "s8"):
+            ort_own_quantizer(str(tmp / f"{name}-fp32.onnx"), str(tmp / f"{name}-ort-{act}.onnx"), calib.images.numpy(), act)
+        models = {k: OrtModel(tmp / f"{name}-{k}.onnx") for k in ("fp32", "lowbit", "ort-u8", "ort-s8")}
+        preds = {k: np.concatenate([m.run_numpy(X[i : i + 500]) for i in range(0, 10000, 500)]).argmax(1) for k, m in models.items()}
+        lat1 = latency(models, X[:1], repeats=30, calls=20)
+        lat256 = latency(models, X[:256], repeats=10, calls=1)
+        for k in models:
+            row = {"model": name, "variant": k, "accuracy": float((preds[k] == y).mean() * 100),
+                   "agree_with_lowbit_fakequant_pct": float((preds[k] == fq).mean() * 100),
+                   "latency_ratio_b1": lat1[k] / lat1["fp32"], "latency_ratio_b256": lat256[k] / lat256["fp32"],
+                   "onnx_bytes": (tmp / f"{name}-{k}.onnx").stat().st_size}
+            rows.append(row)
+            print(f"{name:17s} {k:7s} acc {row['accuracy']:6.2f}  agree {row['agree_with_lowbit_fakequant_pct']:6.2f}%  "
+                  f"b1 {row['latency_ratio_b1']:.3f}x  b256 {row['latency_ratio_b256']:.3f}x  {row['onnx_bytes']} B", flush=True)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    import onnxruntime
+
+    OUT.write_text(json.dumps({"onnxruntime": onnxruntime.__version__, "threads": 2, "recipe": args.recipe, "rows": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

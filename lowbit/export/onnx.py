@@ -1,0 +1,172 @@
+"""ONNX export with QuantizeLinear / DequantizeLinear (QDQ format) for ONNX Runtime's int8 kernels.
+
+Each activation quantizer becomes a ``QuantizeLinear -> DequantizeLinear`` pair with its calibrated
+``(S, Z)``; each weight becomes an int8 initializer (the codes ``q``) followed by a per-channel
+(axis 0) or per-tensor ``DequantizeLinear``. ONNX Runtime's graph optimizer then fuses
+``DQ -> Conv/MatMul/Add -> Q`` groups into ``QLinearConv`` / ``QLinearMatMul`` / ``QLinearAdd``.
+
+Also: plain float32 / float16 / bfloat16 export of any model (``precision=``).
+
+Example:
+    >>> import tempfile, os, torch, lowbit
+    >>> from lowbit.zoo.models import FmnistMLP
+    >>> m = lowbit.quantize_(FmnistMLP(), lowbit.load_recipe("w8a8"), data=[torch.randn(8, 1, 28, 28)])
+    >>> path = os.path.join(tempfile.mkdtemp(), "mlp.onnx")
+    >>> info = lowbit.export_onnx(m, torch.randn(1, 1, 28, 28), path)
+    >>> info["quantize_linear"] >= 2, info["weight_initializers_int8"]
+    (True, 2)
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import CalibrationError, ConfigError, UnsupportedError
+from ..io import atomic_write_bytes
+from ..nn import ActQuant, WeightQuant
+from ..quant import PerChannel, PerTensor
+
+MIN_OPSET = 13  # per-channel QuantizeLinear / DequantizeLinear
+
+
+def _check_exportable(model: nn.Module) -> list[nn.Module]:
+    mods = [m for m in model.modules() if isinstance(m, ActQuant | WeightQuant)]
+    for name, m in model.named_modules():
+        if not isinstance(m, ActQuant | WeightQuant):
+            continue
+        spec = m.spec
+        if spec.format.bits > 8:
+            raise UnsupportedError(f"{name}: {spec.format.bits}-bit quantizers have no ONNX int8 kernel; use lowbit.save for >8-bit")
+        if not isinstance(spec.granularity, PerTensor | PerChannel):
+            raise UnsupportedError(
+                f"{name}: {spec.granularity.name} weights cannot be expressed in ONNX QDQ below opset 21; "
+                "use per-channel weights (e.g. recipe w4a8) or lowbit.save for the packed format"
+            )
+        if isinstance(m, ActQuant):
+            if spec.dynamic:
+                raise UnsupportedError(f"{name}: dynamic activation ranges are not exported to QDQ; use a calibrated (static) recipe")
+            if m.scale is None:
+                raise CalibrationError(f"activation quantizer {name} is not calibrated; calibrate the model before exporting")
+    return mods
+
+
+@contextmanager
+def onnx_export_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Quantizers use torch's exportable fake-quant ops inside the block (restored on any exit)."""
+    mods = _check_exportable(model)
+    for m in mods:
+        m.onnx_export = True
+    try:
+        yield model
+    finally:
+        for m in mods:
+            m.onnx_export = False
+
+
+def _fold_weight_quantizers(proto) -> int:
+    """Replace ``QuantizeLinear(float initializer)`` by the integer initializer it computes."""
+    from onnx import numpy_helper
+
+    g = proto.graph
+    inits = {i.name: i for i in g.initializer}
+    consts = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
+    identities = {n.output[0]: n.input[0] for n in g.node if n.op_type == "Identity"}  # shared initializers
+
+    def value(name):
+        while name in identities:
+            name = identities[name]
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        if name in consts:
+            return numpy_helper.to_array(consts[name].attribute[0].t)
+        return None
+
+    folded = 0
+    for node in list(g.node):
+        if node.op_type != "QuantizeLinear":
+            continue
+        w = value(node.input[0])
+        if w is None or w.ndim < 2:  # activations and biases stay as they are
+            continue
+        scale = value(node.input[1])
+        zp = value(node.input[2]) if len(node.input) > 2 else np.zeros((), np.uint8)
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        shape = [1] * w.ndim
+        if scale.ndim == 1 and scale.size > 1:
+            shape[axis] = scale.size
+        s = scale.astype(np.float32).reshape(shape) if scale.ndim else scale.astype(np.float32)
+        z = zp.astype(np.int32).reshape(shape) if zp.ndim else zp.astype(np.int32)
+        info = np.iinfo(zp.dtype)
+        q = np.clip(np.rint(w.astype(np.float32) / s) + z, info.min, info.max).astype(zp.dtype)
+        name = node.input[0] + "_quantized"
+        g.initializer.append(numpy_helper.from_array(q, name))
+        for other in g.node:
+            for i, inp in enumerate(other.input):
+                if inp == node.output[0]:
+                    other.input[i] = name
+        g.node.remove(node)
+        folded += 1
+    used = {i for n in g.node for i in n.input}
+    for init in [i for i in g.initializer if i.name not in used]:
+        g.initializer.remove(init)  # the float weights are replaced by their int8 codes
+    return folded
+
+
+def export_onnx(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    path: str | Path,
+    *,
+    opset: int = 17,
+    precision: str = "qdq",
+) -> dict:
+    """Export ``model`` to ONNX at ``path`` (atomically) and return a summary.
+
+    Args:
+        model: a model quantized and calibrated by ``quantize_`` (``precision="qdq"``), or any model
+            for ``precision`` in ``fp32`` / ``fp16`` / ``bf16``.
+        example_input: one input batch (the batch dimension is exported as dynamic).
+        opset: ONNX opset (>= 13 for per-channel QDQ).
+        precision: ``qdq`` (int8 QuantizeLinear / DequantizeLinear), ``fp32``, ``fp16`` or ``bf16``.
+    """
+    import onnx
+
+    if precision not in ("qdq", "fp32", "fp16", "bf16"):
+        raise ConfigError(f"precision must be qdq, fp32, fp16 or bf16, got {precision!r}")
+    if opset < MIN_OPSET:
+        raise ConfigError(f"opset {opset} is too old: QDQ export needs opset >= {MIN_OPSET} (per-channel DequantizeLinear)")
+    model = model.eval()
+    buf = io.BytesIO()
+    kwargs = dict(opset_version=opset, input_names=["input"], output_names=["output"],
+                  dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if precision == "qdq":
+            with onnx_export_mode(model), torch.no_grad():
+                torch.onnx.export(model, (example_input,), buf, **kwargs)
+        else:
+            import copy
+
+            dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+            m = copy.deepcopy(model).to(dtype)
+            with torch.no_grad():
+                torch.onnx.export(m, (example_input.to(dtype),), buf, **kwargs)
+    proto = onnx.load_from_string(buf.getvalue())
+    folded = _fold_weight_quantizers(proto) if precision == "qdq" else 0
+    onnx.checker.check_model(proto)
+    data = proto.SerializeToString()
+    atomic_write_bytes(path, data)
+    ops = [n.op_type for n in proto.graph.node]
+    return {
+        "path": str(path), "bytes": len(data), "opset": opset, "precision": precision,
+        "quantize_linear": ops.count("QuantizeLinear"), "dequantize_linear": ops.count("DequantizeLinear"),
+        "weight_initializers_int8": folded, "ops": sorted(set(ops)),
+    }

@@ -1,0 +1,92 @@
+"""ONNX QDQ export: ONNX Runtime runs it on integer kernels and agrees with lowbit's simulation."""
+
+import copy
+
+import onnx
+import pytest
+import torch
+
+import lowbit
+from lowbit.errors import CalibrationError, ConfigError, UnsupportedError
+from lowbit.runtime import OrtModel
+from lowbit.zoo import load_model
+from lowbit.zoo.models import FmnistMLP
+
+
+@pytest.fixture(scope="module")
+def resnet_w8a8(fmnist_calib):
+    return lowbit.quantize_(load_model("fmnist-resnet"), lowbit.load_recipe("w8a8"), data=fmnist_calib)
+
+
+def test_resnet_export_fuses_into_integer_kernels_and_agrees(tmp_path, resnet_w8a8, fmnist_small_test):
+    path = tmp_path / "r.onnx"
+    info = lowbit.export_onnx(resnet_w8a8, fmnist_small_test.images[:1], path)
+    assert info["weight_initializers_int8"] == 10  # every conv / linear weight stored as int8 codes
+    graph = onnx.load(str(path)).graph
+    assert all(i.data_type != onnx.TensorProto.FLOAT or len(i.dims) < 2 for i in graph.initializer)  # no float weights left
+    opt = tmp_path / "r_opt.onnx"
+    runner = OrtModel(path, optimized_path=opt)
+    ops = [n.op_type for n in onnx.load(str(opt)).graph.node]
+    assert ops.count("QLinearConv") == 9 and ops.count("QLinearAdd") == 3
+    x = fmnist_small_test.images[:1000]
+    with torch.no_grad():
+        ref = resnet_w8a8(x).argmax(1)
+    agree = (runner(x).argmax(1) == ref).float().mean().item()
+    assert agree >= 0.995
+    assert lowbit.evaluate(runner, fmnist_small_test) >= lowbit.evaluate(resnet_w8a8, fmnist_small_test) - 0.3
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_float_exports(tmp_path, precision):
+    torch.manual_seed(0)
+    m = FmnistMLP().eval()
+    info = lowbit.export_onnx(m, torch.randn(1, 1, 28, 28), tmp_path / "m.onnx", precision=precision)
+    assert info["quantize_linear"] == 0
+    if precision != "bf16":  # ONNX Runtime's CPU provider has no bf16 Gemm
+        x = torch.randn(4, 1, 28, 28)
+        out = OrtModel(tmp_path / "m.onnx")(x.to(torch.float16) if precision == "fp16" else x)
+        torch.testing.assert_close(out.float(), m(x), atol=2e-2 if precision == "fp16" else 1e-5, rtol=1e-2)
+
+
+def test_export_errors(tmp_path):
+    x = torch.randn(1, 1, 28, 28)
+    uncal = lowbit.quantize_(FmnistMLP(), lowbit.PTQConfig(), calibrate=False)
+    with pytest.raises(CalibrationError, match="not calibrated"):
+        lowbit.export_onnx(uncal, x, tmp_path / "a.onnx")
+    grouped = lowbit.quantize_(FmnistMLP(), lowbit.load_recipe("w4-weight-only"))
+    with pytest.raises(UnsupportedError, match="per_group"):
+        lowbit.export_onnx(grouped, x, tmp_path / "b.onnx")
+    dyn = lowbit.quantize_(FmnistMLP(), lowbit.load_recipe("w8a8-dynamic"))
+    with pytest.raises(UnsupportedError, match="dynamic"):
+        lowbit.export_onnx(dyn, x, tmp_path / "c.onnx")
+    cal = lowbit.quantize_(FmnistMLP(), lowbit.PTQConfig(), data=[torch.randn(4, 1, 28, 28)])
+    with pytest.raises(ConfigError, match="opset 11 is too old"):
+        lowbit.export_onnx(cal, x, tmp_path / "d.onnx", opset=11)
+    with pytest.raises(ConfigError, match="precision"):
+        lowbit.export_onnx(cal, x, tmp_path / "e.onnx", precision="int3")
+    assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_export_mode_is_restored_after_failure(tmp_path):
+    cal = lowbit.quantize_(FmnistMLP(), lowbit.PTQConfig(), data=[torch.randn(4, 1, 28, 28)])
+    ref = cal(torch.ones(1, 1, 28, 28))
+    with pytest.raises(Exception):
+        lowbit.export_onnx(cal, torch.randn(1, 3, 5), tmp_path / "bad.onnx")  # wrong input shape
+    assert not any(getattr(m, "onnx_export", False) for m in cal.modules())
+    assert torch.equal(cal(torch.ones(1, 1, 28, 28)), ref)
+
+
+def test_ort_missing_names_the_extra(monkeypatch):
+    import lowbit.runtime.ort as ortmod
+
+    monkeypatch.setattr(ortmod, "ort_available", lambda: False)
+    with pytest.raises(UnsupportedError, match=r"lowbit\[onnx\]"):
+        ortmod.OrtModel("x.onnx")
+
+
+def test_export_does_not_change_the_model(tmp_path, fmnist_calib):
+    m = lowbit.quantize_(copy.deepcopy(load_model("fmnist-mlp")), lowbit.load_recipe("w8a8"), data=fmnist_calib)
+    x = fmnist_calib.images[:16]
+    before = m(x)
+    lowbit.export_onnx(m, x[:1], tmp_path / "m.onnx")
+    assert torch.equal(m(x), before)
