@@ -81,8 +81,8 @@ def main() -> None:
             ort_own_quantizer(str(tmp / f"{name}-fp32.onnx"), str(tmp / f"{name}-ort-{act}.onnx"), calib.images.numpy(), act)
         models = {k: OrtModel(tmp / f"{name}-{k}.onnx") for k in ("fp32", "lowbit", "ort-u8", "ort-s8")}
         preds = {k: np.concatenate([m.run_numpy(X[i : i + 500]) for i in range(0, 10000, 500)]).argmax(1) for k, m in models.items()}
-        lat1 = latency(models, X[:1], repeats=30, calls=20)
-        lat256 = latency(models, X[:256], repeats=10, calls=1)
+        lat1 = latency(models, X[:1], repeats=60, calls=20)
+        lat256 = latency(models, X[:256], repeats=20, calls=1)
         for k in models:
             row = {"model": name, "variant": k, "accuracy": float((preds[k] == y).mean() * 100),
                    "agree_with_lowbit_fakequant_pct": float((preds[k] == fq).mean() * 100),

@@ -8,6 +8,7 @@ import warnings
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import QuantSpec
@@ -17,6 +18,7 @@ from ..nn.layers import is_quant_module
 from ..nn.quantizers import ActQuant
 
 ADD_TARGETS = (operator.add, operator.iadd, torch.add)
+POOL_FUNCTIONS = (F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d)
 
 
 class LeafTracer(fx.Tracer):
@@ -62,31 +64,60 @@ def conv_bn_pairs(gm: fx.GraphModule) -> list[tuple[str, str]]:
     return pairs
 
 
-def quantize_functional_adds(model: nn.Module, spec: QuantSpec) -> tuple[nn.Module, list[str]]:
-    """Replace tensor ``a + b`` nodes (``operator.add``/``iadd``, ``torch.add``) by :class:`QuantAdd` modules.
+def _is_avg_pool(gm: fx.GraphModule, node: fx.Node) -> bool:
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(node.target), nn.AvgPool1d | nn.AvgPool2d | nn.AdaptiveAvgPool1d | nn.AdaptiveAvgPool2d)
+    return node.op == "call_function" and node.target in POOL_FUNCTIONS
 
-    Returns ``(graph_module, names_of_added_modules)``; the GraphModule shares every submodule
-    with ``model``. If there is no such add, returns ``(model, [])``; if the model cannot be
-    traced, the same with a warning.
+
+def quantize_functional_ops(model: nn.Module, spec: QuantSpec) -> tuple[nn.Module, dict[str, list[str]]]:
+    """Make residual adds and average pooling quantizable the way integer runtimes execute them.
+
+    * tensor ``a + b`` (``operator.add`` / ``iadd``, ``torch.add``) becomes a :class:`QuantAdd`
+      (both operands and the sum on int8 grids — ONNX Runtime's ``QLinearAdd``);
+    * average pooling (modules or ``F.avg_pool*`` / ``F.adaptive_avg_pool*``) gets an activation
+      quantizer on its input and its output (``QLinearAveragePool`` / ``QLinearGlobalAveragePool``),
+      which also lets the producing conv emit int8 directly.
+
+    Returns ``(model, {"adds": [...], "pools": [...]})``. The model is a ``GraphModule`` sharing
+    every submodule with ``model`` when something was captured, else ``model`` itself; an
+    untraceable model is returned unchanged with a warning.
     """
-    gm = try_trace(model, "quantization of functional residual adds")
+    found: dict[str, list[str]] = {"adds": [], "pools": []}
+    gm = try_trace(model, "quantization of functional residual adds and pooling")
     if gm is None:
-        return model, []
-    names = []
+        return model, found
     for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target not in ADD_TARGETS:
-            continue
-        if len(node.args) != 2 or node.kwargs or not all(isinstance(a, fx.Node) for a in node.args):
-            continue
-        name = f"lowbit_add_{len(names)}"
-        gm.add_submodule(name, QuantAdd(spec))
-        with gm.graph.inserting_after(node):
-            new = gm.graph.call_module(name, args=node.args)
-        node.replace_all_uses_with(new)
-        gm.graph.erase_node(node)
-        names.append(name)
-    if not names:  # nothing to capture: keep the user's own module object
-        return model, []
+        if node.op == "call_function" and node.target in ADD_TARGETS:
+            if len(node.args) != 2 or node.kwargs or not all(isinstance(a, fx.Node) for a in node.args):
+                continue
+            name = f"lowbit_add_{len(found['adds'])}"
+            gm.add_submodule(name, QuantAdd(spec))
+            with gm.graph.inserting_after(node):
+                new = gm.graph.call_module(name, args=node.args)
+            node.replace_all_uses_with(new)
+            gm.graph.erase_node(node)
+            found["adds"].append(name)
+        elif _is_avg_pool(gm, node) and node.args and isinstance(node.args[0], fx.Node):
+            k = len(found["pools"])
+            qin, qout = f"lowbit_pool_{k}_in", f"lowbit_pool_{k}_out"
+            gm.add_submodule(qin, ActQuant(spec))
+            gm.add_submodule(qout, ActQuant(spec))
+            with gm.graph.inserting_before(node):
+                q_in = gm.graph.call_module(qin, args=(node.args[0],))
+            node.args = (q_in, *node.args[1:])
+            with gm.graph.inserting_after(node):
+                q_out = gm.graph.call_module(qout, args=(node,))
+            node.replace_all_uses_with(q_out, delete_user_cb=lambda user, q_out=q_out: user is not q_out)
+            found["pools"].append(str(node.target) if node.op == "call_module" else node.name)
+    if not found["adds"] and not found["pools"]:  # nothing captured: keep the user's own module object
+        return model, found
     gm.graph.lint()
     gm.recompile()
-    return gm, names
+    return gm, found
+
+
+def quantize_functional_adds(model: nn.Module, spec: QuantSpec) -> tuple[nn.Module, list[str]]:
+    """Adds and pools as :func:`quantize_functional_ops`; returns ``(model, names_of_add_modules)``."""
+    model, found = quantize_functional_ops(model, spec)
+    return model, found["adds"]

@@ -11,7 +11,7 @@ from ...errors import ConfigError, UnsupportedError
 from ...nn import QUANT_MODULES
 from ...quant import PerGroup, PerTensor
 from ...quant.granularity import largest_divisor_at_most
-from ...transform import FoldBatchNorm, quantizable_layers, quantize_functional_adds, resolve, set_submodule
+from ...transform import FoldBatchNorm, quantizable_layers, quantize_functional_ops, resolve, set_submodule
 from .config import PTQConfig
 
 
@@ -69,7 +69,7 @@ def quantize_ptq(model: nn.Module, config: PTQConfig) -> tuple[nn.Module, dict]:
     The model is changed in place; when residual adds are captured the returned model is a
     ``torch.fx.GraphModule`` sharing the original's submodules — use the returned object.
     """
-    info: dict = {"folded": [], "skipped": [], "adjusted": [], "adds": [], "layers": {}}
+    info: dict = {"folded": [], "skipped": [], "adjusted": [], "adds": [], "pools": [], "layers": {}}
     model.eval()
     if not quantizable_layers(model):
         raise UnsupportedError(
@@ -102,5 +102,6 @@ def quantize_ptq(model: nn.Module, config: PTQConfig) -> tuple[nn.Module, dict]:
         add_spec = config.activation
         if not isinstance(add_spec.granularity, PerTensor):
             add_spec = add_spec.replace(granularity="per_tensor")
-        model, info["adds"] = quantize_functional_adds(model, add_spec)
+        model, found = quantize_functional_ops(model, add_spec)
+        info["adds"], info["pools"] = found["adds"], found["pools"]
     return model, info
