@@ -7,10 +7,11 @@ File layout: one safetensors file. Its ``__metadata__`` holds
 * ``lowbit_manifest`` — JSON: lowbit version, model spec, the quantization config, a layer map;
 * ``lowbit_sha256`` — SHA-256 of ``manifest || tensor_0 bytes || tensor_1 bytes ...`` (keys sorted).
 
-Tensors: ``L/<layer>/qweight`` (uint8, bit-packed codes ``q - qmin``, 1..8 bits; int16/int32 codes
-above 8 bits), ``L/<layer>/scale`` (fp32), ``L/<layer>/zero_point`` (the grid's integer dtype),
-``A/<quantizer>/scale|zero_point`` for calibrated activation quantizers, and ``F/<key>`` for every
-other float tensor (biases, float layers). A ``b``-bit layer of ``n`` weights takes
+Tensors: ``codes`` (uint8: every layer's bit-packed codes ``q - qmin``, 1..8 bits, concatenated),
+``scales`` (fp32: weight and activation scales), ``zero_points`` (int16; omitted for symmetric
+signed weights, whose zero points are all 0), ``L/<layer>/qweight`` for codes above 8 bits, and
+``F/<key>`` for every other float tensor (biases, float layers); the manifest's layer map holds
+each layer's ``[offset, length]`` into them. A ``b``-bit layer of ``n`` weights takes
 ``ceil(n b / 8)`` bytes plus its qparams.
 
 Loading rebuilds the model (zoo name / ``file.py:Name`` from the manifest, or the skeleton you pass),
@@ -89,6 +90,18 @@ def save(model: nn.Module, path: str | Path, *, model_spec: str | None = None) -
     layers: dict[str, dict] = {}
     covered: set[str] = set()
     weight_bits_total = 0
+    # one concatenated tensor per kind keeps the safetensors header small; the manifest holds offsets
+    codes: list[torch.Tensor] = []
+    scales: list[torch.Tensor] = []
+    zps: list[torch.Tensor] = []
+    sizes = {"codes": 0, "scales": 0, "zps": 0}
+
+    def put(kind: str, store: list[torch.Tensor], t: torch.Tensor) -> list[int]:
+        span = [sizes[kind], t.numel()]
+        store.append(t.reshape(-1))
+        sizes[kind] += t.numel()
+        return span
+
     for name, m in model.named_modules():
         if not is_quant_module(m) or m.weight_quant is None:
             continue
@@ -96,14 +109,16 @@ def save(model: nn.Module, path: str | Path, *, model_spec: str | None = None) -
         fmt = wq.spec.format
         scale, zp = wq.qparams(m.weight)
         q = quantize(m.weight.detach(), scale, zp, fmt, wq.spec.granularity)
+        entry: dict = {"shape": list(m.weight.shape), "bits": fmt.bits}
         if fmt.bits <= 8:
-            tensors[f"L/{name}/qweight"] = pack_bits(q, fmt.bits, fmt.qmin)
+            entry["codes"] = put("codes", codes, pack_bits(q, fmt.bits, fmt.qmin))
         else:
             tensors[f"L/{name}/qweight"] = q.reshape(-1).to(torch.int16 if fmt.signed else torch.int32)
-        tensors[f"L/{name}/scale"] = scale.float().contiguous()
-        tensors[f"L/{name}/zero_point"] = zp.to(fmt.storage_dtype).contiguous()
+        entry["scale"] = put("scales", scales, scale.float())
+        # symmetric signed grids have Z = 0 everywhere: nothing to store
+        entry["zero_point"] = put("zps", zps, zp.to(torch.int16)) if bool((zp != 0).any()) else None
         weight_bits_total += m.weight.numel() * fmt.bits
-        layers[name] = {"type": type(m).__name__, "shape": list(m.weight.shape), "spec": wq.spec.to_dict()}
+        layers[name] = entry
         covered.add(f"{name}.weight" if name else "weight")
     activations: dict[str, dict] = {}
     for name, m in model.named_modules():
@@ -112,9 +127,14 @@ def save(model: nn.Module, path: str | Path, *, model_spec: str | None = None) -
                 raise CalibrationError(
                     f"activation quantizer {name} is not calibrated; calibrate the model (quantize_(..., data=...)) before saving"
                 )
-            tensors[f"A/{name}/scale"] = m.scale.float().reshape(-1).contiguous()
-            tensors[f"A/{name}/zero_point"] = m.zero_point.to(torch.int32).reshape(-1).contiguous()
-            activations[name] = {"shape": list(m.scale.shape)}
+            activations[name] = {"shape": list(m.scale.shape), "scale": put("scales", scales, m.scale.float()),
+                                 "zero_point": put("zps", zps, m.zero_point.to(torch.int16))}
+    if codes:
+        tensors["codes"] = torch.cat(codes)
+    if scales:
+        tensors["scales"] = torch.cat(scales)
+    if zps:
+        tensors["zero_points"] = torch.cat(zps)
     for key, t in model.state_dict().items():
         if key in covered or t is None:
             continue
@@ -200,6 +220,13 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
             if target.shape != v.shape:
                 raise CheckpointError(f"{path}: tensor {k} has shape {tuple(v.shape)}, model expects {tuple(target.shape)}")
             target.copy_(v)
+        def span(kind: str, where: list[int]) -> torch.Tensor:
+            off, n = where
+            t = tensors[kind]
+            if off < 0 or off + n > t.numel():
+                raise CheckpointError(f"{path}: manifest points outside the {kind} tensor")
+            return t[off : off + n]
+
         for name, entry in manifest["layers"].items():
             m = mods.get(name)
             if m is None or not is_quant_module(m) or m.weight_quant is None:
@@ -207,18 +234,25 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
             wq = m.weight_quant
             fmt = wq.spec.format
             shape = torch.Size(entry["shape"])
-            if shape != m.weight.shape:
-                raise CheckpointError(f"{path}: layer {name} weight shape {tuple(shape)} != model {tuple(m.weight.shape)}")
-            packed = tensors[f"L/{name}/qweight"]
-            q = (unpack_bits(packed, fmt.bits, fmt.qmin, math.prod(shape)) if fmt.bits <= 8 else packed.to(torch.int32)).reshape(shape)
-            scale = tensors[f"L/{name}/scale"]
-            zp = tensors[f"L/{name}/zero_point"].to(torch.int32)
+            if shape != m.weight.shape or entry["bits"] != fmt.bits:
+                raise CheckpointError(f"{path}: layer {name} ({entry['bits']}-bit {tuple(shape)}) does not match the model "
+                                      f"({fmt.bits}-bit {tuple(m.weight.shape)})")
+            if fmt.bits <= 8:
+                q = unpack_bits(span("codes", entry["codes"]), fmt.bits, fmt.qmin, math.prod(shape))
+            else:
+                q = tensors[f"L/{name}/qweight"].to(torch.int32)
+            q = q.reshape(shape)
+            pshape = wq.spec.granularity.param_shape(shape)
+            scale = span("scales", entry["scale"]).reshape(pshape)
+            zp = (span("zero_points", entry["zero_point"]).to(torch.int32) if entry["zero_point"] is not None
+                  else torch.zeros(entry["scale"][1], dtype=torch.int32)).reshape(pshape)
             m.weight.copy_(dequantize(q, scale, zp, wq.spec.granularity))
             wq.set_qparams(m.weight, scale, zp)
         for name, entry in manifest["activations"].items():
             aq = mods.get(name)
             if not isinstance(aq, ActQuant):
                 raise CheckpointError(f"{path}: activation quantizer {name} not found in the model")
-            aq.set_qparams(tensors[f"A/{name}/scale"].reshape(entry["shape"]), tensors[f"A/{name}/zero_point"].reshape(entry["shape"]))
+            aq.set_qparams(span("scales", entry["scale"]).reshape(entry["shape"]),
+                           span("zero_points", entry["zero_point"]).reshape(entry["shape"]))
     model.eval()
     return model
