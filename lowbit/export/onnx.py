@@ -51,6 +51,11 @@ def _check_exportable(model: nn.Module) -> list[nn.Module]:
                 "use per-channel weights (e.g. recipe w4a8) or lowbit.save for the packed format"
             )
         if isinstance(m, ActQuant):
+            if spec.format.bits != 8:
+                raise UnsupportedError(
+                    f"{name}: {spec.format.bits}-bit activations have no ONNX Runtime int8 kernel; export a recipe with 8-bit "
+                    "activations (w8a8, w4a8) or keep this model in lowbit's packed format (lowbit.save)"
+                )
             if spec.dynamic:
                 raise UnsupportedError(f"{name}: dynamic activation ranges are not exported to QDQ; use a calibrated (static) recipe")
             if m.scale is None:
@@ -120,6 +125,14 @@ def _fold_weight_quantizers(proto) -> int:
     return folded
 
 
+def _torch_export(model: nn.Module, example: torch.Tensor, buf: io.BytesIO, kwargs: dict) -> None:
+    try:
+        torch.onnx.export(model, (example,), buf, **kwargs)
+    except (RuntimeError, TypeError, ValueError) as e:  # torch's exporter dumps whole graphs: keep the first line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnsupportedError(f"torch.onnx.export failed: {first[:300]}") from None
+
+
 def export_onnx(
     model: nn.Module,
     example_input: torch.Tensor,
@@ -151,14 +164,14 @@ def export_onnx(
         warnings.simplefilter("ignore")
         if precision == "qdq":
             with onnx_export_mode(model), torch.no_grad():
-                torch.onnx.export(model, (example_input,), buf, **kwargs)
+                _torch_export(model, example_input, buf, kwargs)
         else:
             import copy
 
             dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
             m = copy.deepcopy(model).to(dtype)
             with torch.no_grad():
-                torch.onnx.export(m, (example_input.to(dtype),), buf, **kwargs)
+                _torch_export(m, example_input.to(dtype), buf, kwargs)
     proto = onnx.load_from_string(buf.getvalue())
     folded = _fold_weight_quantizers(proto) if precision == "qdq" else 0
     onnx.checker.check_model(proto)

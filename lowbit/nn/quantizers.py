@@ -36,10 +36,15 @@ def torch_fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.
     """The same fake-quantization through torch's built-in ops, which ``torch.onnx.export`` lowers to
     QuantizeLinear / DequantizeLinear pairs (used only while exporting; see :mod:`lowbit.export.onnx`)."""
     fmt = spec.format
+    # ONNX QDQ knows the int8 / uint8 containers only; a narrower grid (e.g. 7-bit weights) is applied
+    # first by lowbit's own fake-quant (constant-folded for weights), then stored in the container.
+    if fmt.bits < 8 or fmt.narrow_range:
+        x = fake_quantize(x, scale, zero_point, fmt, spec.granularity, spec.rounding)
+    qmin, qmax = (-128, 127) if fmt.signed else (0, 255)
     if isinstance(spec.granularity, PerChannel):
         axis = spec.granularity.axis % x.ndim
-        return torch.fake_quantize_per_channel_affine(x, scale.float(), zero_point.to(torch.int32), axis, fmt.qmin, fmt.qmax)
-    return torch.fake_quantize_per_tensor_affine(x, float(scale), int(zero_point), fmt.qmin, fmt.qmax)
+        return torch.fake_quantize_per_channel_affine(x, scale.float(), zero_point.to(torch.int32), axis, qmin, qmax)
+    return torch.fake_quantize_per_tensor_affine(x, float(scale), int(zero_point), qmin, qmax)
 
 
 class ActQuant(Calibratable):

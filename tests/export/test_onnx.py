@@ -56,6 +56,10 @@ def test_export_errors(tmp_path):
     grouped = lowbit.quantize_(FmnistMLP(), lowbit.load_recipe("w4-weight-only"))
     with pytest.raises(UnsupportedError, match="per_group"):
         lowbit.export_onnx(grouped, x, tmp_path / "b.onnx")
+    a4_cfg = lowbit.PTQConfig(activation=lowbit.QuantSpec(format=lowbit.IntFormat(bits=4, signed=False), mapping=lowbit.Affine()))
+    a4 = lowbit.quantize_(FmnistMLP(), a4_cfg, data=[torch.randn(4, 1, 28, 28)])
+    with pytest.raises(UnsupportedError, match="4-bit activations"):
+        lowbit.export_onnx(a4, x, tmp_path / "f.onnx")
     dyn = lowbit.quantize_(FmnistMLP(), lowbit.load_recipe("w8a8-dynamic"))
     with pytest.raises(UnsupportedError, match="dynamic"):
         lowbit.export_onnx(dyn, x, tmp_path / "c.onnx")
@@ -70,7 +74,7 @@ def test_export_errors(tmp_path):
 def test_export_mode_is_restored_after_failure(tmp_path):
     cal = lowbit.quantize_(FmnistMLP(), lowbit.PTQConfig(), data=[torch.randn(4, 1, 28, 28)])
     ref = cal(torch.ones(1, 1, 28, 28))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(UnsupportedError, match="torch.onnx.export failed"):
         lowbit.export_onnx(cal, torch.randn(1, 3, 5), tmp_path / "bad.onnx")  # wrong input shape
     assert not any(getattr(m, "onnx_export", False) for m in cal.modules())
     assert torch.equal(cal(torch.ones(1, 1, 28, 28)), ref)
