@@ -32,6 +32,8 @@ lint: setup
 bench: setup
 	$(PY) bench/ptq_speed.py
 	$(PY) bench/observer_table.py
+	$(PY) bench/user_models.py
+	$(PY) bench/ort_latency.py
 
 clean:
 	rm -rf $(VENV) demo-report .pytest_cache
