@@ -1,4 +1,6 @@
 """Runtimes that execute exported models: ONNX Runtime (int8 QDQ and float)."""
 
+from .openvino import OpenVINOModel as OpenVINOModel
+from .openvino import openvino_available as openvino_available
 from .ort import OrtModel as OrtModel
 from .ort import ort_available as ort_available

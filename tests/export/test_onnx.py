@@ -94,3 +94,23 @@ def test_export_does_not_change_the_model(tmp_path, fmnist_calib):
     before = m(x)
     lowbit.export_onnx(m, x[:1], tmp_path / "m.onnx")
     assert torch.equal(m(x), before)
+
+
+def test_openvino_runs_the_qdq_export(tmp_path, resnet_w8a8, fmnist_small_test):
+    from lowbit.runtime import OpenVINOModel
+
+    path = tmp_path / "r.onnx"
+    lowbit.export_onnx(resnet_w8a8, fmnist_small_test.images[:1], path)
+    ov = OpenVINOModel(path)
+    x = fmnist_small_test.images[:500]
+    with torch.no_grad():
+        ref = resnet_w8a8(x).argmax(1)
+    assert (ov(x).argmax(1) == ref).float().mean().item() >= 0.99
+
+
+def test_openvino_missing_names_the_extra(monkeypatch):
+    import lowbit.runtime.openvino as ovmod
+
+    monkeypatch.setattr(ovmod, "openvino_available", lambda: False)
+    with pytest.raises(UnsupportedError, match=r"lowbit\[openvino\]"):
+        ovmod.OpenVINOModel("x.onnx")

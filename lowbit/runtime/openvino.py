@@ -1,0 +1,62 @@
+"""OpenVINO execution of an exported ONNX model behind a torch-like callable.
+
+OpenVINO reads the QDQ ONNX file directly and runs QuantizeLinear/DequantizeLinear groups through
+its low-precision int8 pipeline. Optional backend: ``pip install 'lowbit[openvino]'``.
+
+Example:
+    >>> import tempfile, os, torch, lowbit
+    >>> from lowbit.zoo.models import FmnistMLP
+    >>> m = lowbit.quantize_(FmnistMLP(), lowbit.load_recipe("w8a8"), data=[torch.randn(8, 1, 28, 28)])
+    >>> path = os.path.join(tempfile.mkdtemp(), "mlp.onnx")
+    >>> _ = lowbit.export_onnx(m, torch.randn(1, 1, 28, 28), path)
+    >>> OpenVINOModel(path)(torch.randn(3, 1, 28, 28)).shape  # doctest: +SKIP
+    torch.Size([3, 10])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UnsupportedError
+
+
+def openvino_available() -> bool:
+    """True when ``openvino`` can be imported."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class OpenVINOModel:
+    """An ONNX model compiled by OpenVINO for the CPU with ``threads`` inference threads (latency hint)."""
+
+    def __init__(self, path: str | Path, threads: int = 2) -> None:
+        if not openvino_available():
+            raise UnsupportedError("openvino is not installed; install the extra: pip install 'lowbit[openvino]'")
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(str(path))
+        self.compiled = core.compile_model(
+            model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        )
+        self.request = self.compiled.create_infer_request()
+        self.training = False
+
+    def run_numpy(self, x: np.ndarray) -> np.ndarray:
+        """One forward pass on a float32 numpy batch."""
+        return self.request.infer({0: x})[self.compiled.output(0)]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.array(self.run_numpy(x.detach().cpu().float().numpy())))
+
+    def eval(self) -> OpenVINOModel:
+        return self
+
+    def train(self, mode: bool = True) -> OpenVINOModel:
+        return self
