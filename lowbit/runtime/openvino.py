@@ -18,21 +18,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import UnsupportedError
+from .base import NumpyRunner, module_available
 
 
 def openvino_available() -> bool:
     """True when ``openvino`` can be imported."""
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return module_available("openvino")
 
 
-class OpenVINOModel:
+class OpenVINOModel(NumpyRunner):
     """An ONNX model compiled by OpenVINO for the CPU with ``threads`` inference threads (latency hint)."""
 
     def __init__(self, path: str | Path, threads: int = 2) -> None:
@@ -46,17 +42,7 @@ class OpenVINOModel:
             model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
         )
         self.request = self.compiled.create_infer_request()
-        self.training = False
 
     def run_numpy(self, x: np.ndarray) -> np.ndarray:
         """One forward pass on a float32 numpy batch."""
         return self.request.infer({0: x})[self.compiled.output(0)]
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(np.array(self.run_numpy(x.detach().cpu().float().numpy())))
-
-    def eval(self) -> OpenVINOModel:
-        return self
-
-    def train(self, mode: bool = True) -> OpenVINOModel:
-        return self

@@ -15,21 +15,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import UnsupportedError
+from .base import NumpyRunner, module_available
 
 
 def ort_available() -> bool:
     """True when ``onnxruntime`` can be imported."""
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return module_available("onnxruntime")
 
 
-class OrtModel:
+class OrtModel(NumpyRunner):
     """An ONNX model in an ``onnxruntime.InferenceSession`` (CPU, ``threads`` intra-op threads).
 
     Call it with a torch tensor; it returns a torch tensor. ``optimized_path`` saves the graph
@@ -51,18 +47,7 @@ class OrtModel:
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
-        self.training = False
 
     def run_numpy(self, x: np.ndarray) -> np.ndarray:
         """One forward pass on a float32 numpy batch."""
         return self.session.run(None, {self.input_name: x})[0]
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.run_numpy(x.detach().cpu().float().numpy().astype(self.input_dtype)))
-
-    # the bits of the nn.Module interface that lowbit.evaluate uses
-    def eval(self) -> OrtModel:
-        return self
-
-    def train(self, mode: bool = True) -> OrtModel:
-        return self
