@@ -143,6 +143,46 @@ def export(
     typer.echo(json.dumps({k: v for k, v in info.items() if k in ("path", "bytes", "precision", "opset", "format", "weight_initializers_int8")}))
 
 
+@app.command()
+@guarded
+def bench(
+    model: str = typer.Argument(..., help="zoo name or path/to/file.py:ClassOrFactory"),
+    recipe: str = typer.Option("w8a8", "--recipe", "-r", help="recipe with 8-bit activations"),
+    weights: str | None = typer.Option(None, help="state_dict file"),
+    repeats: int = typer.Option(20, help="timing rounds (median)"),
+    json_path: str | None = typer.Option(None, "--json", help="write the result JSON here"),
+    data_dir: str | None = typer.Option(None, help="Fashion-MNIST folder"),
+) -> None:
+    """Float vs quantized MODEL on ONNX Runtime: latency at batch 1 and 256, size, BitOPs, energy; a verdict."""
+    from rich.table import Table
+
+    from ..api import quantize_
+    from ..io import atomic_write_text
+    from ..recipes import load_recipe
+    from ..report.bench import benchmark
+    from ..zoo.resolve import load_model_spec
+
+    if repeats < 3:
+        raise ConfigError(f"--repeats must be >= 3 for a meaningful median, got {repeats}")
+    import copy
+
+    float_model = load_model_spec(model, weights)
+    calib, test = _load_data(data_dir, 512)
+    qmodel = quantize_(copy.deepcopy(float_model), load_recipe(recipe), data=calib)
+    r = benchmark(float_model, qmodel, test.images[:256], repeats=repeats)
+    r.update(model=model, recipe=recipe)
+    t = Table(title=f"{model} / {recipe} on ONNX Runtime ({r['threads']} threads)")
+    for h in ("int8/fp32 latency b1", "b256", "size ratio", "GBitOPs int8 / fp32", "energy uJ int8 / fp32 (DRAM low)"):
+        t.add_column(h, justify="right")
+    e = r["energy_uj"]
+    t.add_row(f"{r['latency_ratio_b1']:.2f}", f"{r['latency_ratio_b256']:.2f}", f"{r['size_ratio']:.3f}",
+              f"{r['bitops'] / 1e9:.2f} / {r['fp32_bitops'] / 1e9:.2f}", f"{e['int8']['total_uj_low']:.2f} / {e['fp32']['total_uj_low']:.2f}")
+    _console().print(t)
+    typer.echo(r["verdict"])
+    if json_path:
+        atomic_write_text(json_path, json.dumps(r, indent=1, default=float) + "\n")
+
+
 @app.command("eval")
 @guarded
 def eval_cmd(

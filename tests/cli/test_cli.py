@@ -150,3 +150,22 @@ def test_export_onnx_and_packed(tmp_path):
 def test_export_errors(tmp_path, args, needle):
     p = run("export", "fmnist-mlp", "--calib-size", "64", "--out", str(tmp_path / "x.onnx"), *args)
     assert p.returncode == 2 and needle in p.stderr and p.stderr.strip().count("\n") == 0
+
+
+def test_bench_measures_and_gives_a_verdict(tmp_path):
+    js = tmp_path / "b.json"
+    p = run("bench", "fmnist-mlp", "--repeats", "3", "--json", str(js))
+    assert p.returncode == 0, p.stderr
+    r = json.loads(js.read_text())
+    assert r["latency_ratio_b1"] > 0 and r["latency_ratio_b256"] > 0
+    assert r["verdict"].startswith(("faster", "not faster"))
+    assert r["verdict"].startswith("faster") == (r["latency_ratio_b1"] < 0.95 and r["latency_ratio_b256"] < 0.95)
+    assert r["bitops"] * 16 == r["fp32_bitops"]  # 8x8 vs 32x32 bits per MAC
+    assert r["energy_uj"]["int8"]["compute_uj"] < r["energy_uj"]["fp32"]["compute_uj"] / 10
+    assert r["size_ratio"] < 0.3
+
+
+@pytest.mark.parametrize("args,needle", [(["--repeats", "1"], "--repeats must be >= 3"), (["--recipe", "w4a4"], "4-bit activations")])
+def test_bench_errors(args, needle):
+    p = run("bench", "fmnist-resnet", *args)
+    assert p.returncode == 2 and needle in p.stderr and p.stderr.strip().count("\n") == 0
