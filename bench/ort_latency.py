@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 import lowbit
 from lowbit.data import load_fashion_mnist
+from lowbit.report.bench import interleaved_latency
 from lowbit.runtime import OpenVINOModel, OrtModel, openvino_available
 from lowbit.zoo import load_model
 
@@ -43,20 +43,6 @@ def ort_own_quantizer(fp32_path: str, out_path: str, calib: np.ndarray, activati
     quantize_static(fp32_path, out_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8 if activation == "u8" else QuantType.QInt8,
                     weight_type=QuantType.QInt8)
-
-
-def latency(models: dict[str, OrtModel], x: np.ndarray, repeats: int, calls: int) -> dict[str, float]:
-    for m in models.values():
-        for _ in range(3):
-            m.run_numpy(x)
-    times: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(repeats):
-        for k, m in models.items():
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                m.run_numpy(x)
-            times[k].append((time.perf_counter() - t0) / calls)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:
@@ -95,8 +81,8 @@ def main() -> None:
         for group in ({k: m for k, m in models.items() if not k.startswith("ov-")}, {k: m for k, m in models.items() if k.startswith("ov-")}):
             if group:
                 time.sleep(1.0)
-                lat1.update(latency(group, X[:1], repeats=60, calls=20))
-                lat256.update(latency(group, X[:256], repeats=20, calls=1))
+                lat1.update(interleaved_latency(group, X[:1], repeats=60, calls=20))
+                lat256.update(interleaved_latency(group, X[:256], repeats=20, calls=1))
         for k in models:
             row = {"model": name, "variant": k, "runtime": "openvino" if k.startswith("ov-") else "onnxruntime",
                    "accuracy": float((preds[k] == y).mean() * 100),

@@ -29,7 +29,9 @@ from .metrics import bitops
 FASTER_BELOW = 0.95
 
 
-def _latency(models: dict[str, OrtModel], x, repeats: int, calls: int) -> dict[str, float]:
+def interleaved_latency(models: dict, x, repeats: int, calls: int) -> dict[str, float]:
+    """Median seconds per call of each runner (``run_numpy``), interleaving the runners round by round
+    so slow drifts of the machine hit all of them alike; 3 warm-up calls each."""
     for m in models.values():
         for _ in range(3):
             m.run_numpy(x)
@@ -63,8 +65,8 @@ def benchmark(float_model: nn.Module, qmodel: nn.Module, inputs: torch.Tensor, *
     export_onnx(qmodel, inputs[:1], tmp / "int8.onnx")
     models = {k: OrtModel(tmp / f"{k}.onnx", threads=threads) for k in ("fp32", "int8")}
     x = inputs.numpy()
-    lat1 = _latency(models, x[:1], repeats=repeats * 3, calls=10)
-    lat256 = _latency(models, x[:256], repeats=repeats, calls=1)
+    lat1 = interleaved_latency(models, x[:1], repeats=repeats * 3, calls=10)
+    lat256 = interleaved_latency(models, x[:256], repeats=repeats, calls=1)
     ops = bitops(qmodel, inputs[:1])
     r = {
         "runtime": "onnxruntime", "threads": threads,
