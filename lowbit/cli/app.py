@@ -178,6 +178,9 @@ def bench(
     t.add_row(f"{r['latency_ratio_b1']:.2f}", f"{r['latency_ratio_b256']:.2f}", f"{r['size_ratio']:.3f}",
               f"{r['bitops'] / 1e9:.2f} / {r['fp32_bitops'] / 1e9:.2f}", f"{e['int8']['total_uj_low']:.2f} / {e['fp32']['total_uj_low']:.2f}")
     _console().print(t)
+    plan = r["int8_plan"]
+    typer.echo(f"cpu: {r['cpu']['model'] or r['cpu']['machine']} (VNNI: {'yes' if r['cpu']['vnni'] else 'no'}) -> "
+               f"{plan['activations']} activations, {plan['weight_bits']}-bit weights: {plan['reason']}")
     typer.echo(r["verdict"])
     if json_path:
         atomic_write_text(json_path, json.dumps(r, indent=1, default=float) + "\n")

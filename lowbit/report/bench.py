@@ -76,5 +76,10 @@ def benchmark(float_model: nn.Module, qmodel: nn.Module, inputs: torch.Tensor, *
         "energy_uj": {"fp32": model_energy(float_model, inputs[:1]), "int8": model_energy(qmodel, inputs[:1])},
     }
     r["size_ratio"] = r["onnx_bytes"]["int8"] / r["onnx_bytes"]["fp32"]
+    from ..runtime import cpu_features, int8_plan
+
+    features = cpu_features()
+    r["cpu"] = features.to_dict()
+    r["int8_plan"] = int8_plan(features)
     r["verdict"] = verdict(r)
     return r
