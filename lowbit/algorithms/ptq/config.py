@@ -37,7 +37,8 @@ class PTQConfig(Config):
         exclude: selectors of layers to keep in float.
         overrides: per-layer specs, applied in order (later wins).
         fold_bn: fold BatchNorm into the preceding conv / linear first.
-        quantize_adds: capture functional residual adds with torch.fx and quantize them.
+        quantize_adds: capture functional residual adds and average pooling with torch.fx and quantize
+            them (with the base activation spec, per tensor) as integer runtimes execute them.
         group_policy: per-group weights whose group size does not divide a layer's input
             channels: ``error`` (default), ``ignore`` (keep that layer float) or ``adjust``
             (largest divisor of the channel count below the group size).
