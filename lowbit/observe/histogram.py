@@ -256,11 +256,12 @@ class EntropyObserver(HistogramObserver):
     def compute_range(self, fmt, mapping):
         self._check_ready()
         los, his = [], []
-        abs_edges, abs_mass = self.abs_histogram()
+        symmetric = isinstance(mapping, Symmetric)
+        abs_edges, abs_mass = self.abs_histogram() if symmetric else (None, None)
         edges = self.edges()
         for r in range(self.hist.shape[0]):
             lo, hi = float(self.lo[r]), float(self.hi[r])
-            if isinstance(mapping, Symmetric):
+            if symmetric:
                 levels = max(1, fmt.levels // 2) if fmt.signed else fmt.levels
                 m = abs_mass[r]
                 i = self._best_prefix(m, levels)

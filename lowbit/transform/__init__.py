@@ -1,6 +1,5 @@
 """Model transformations: selectors, module swap, BatchNorm folding, fx graph passes."""
 
-from .graph import quantize_functional_adds as quantize_functional_adds
 from .graph import quantize_functional_ops as quantize_functional_ops
 from .graph import trace as trace
 from .passes import FoldBatchNorm as FoldBatchNorm

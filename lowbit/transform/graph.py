@@ -116,8 +116,3 @@ def quantize_functional_ops(model: nn.Module, spec: QuantSpec) -> tuple[nn.Modul
     gm.recompile()
     return gm, found
 
-
-def quantize_functional_adds(model: nn.Module, spec: QuantSpec) -> tuple[nn.Module, list[str]]:
-    """Adds and pools as :func:`quantize_functional_ops`; returns ``(model, names_of_add_modules)``."""
-    model, found = quantize_functional_ops(model, spec)
-    return model, found["adds"]

@@ -6,7 +6,7 @@ from lowbit.algorithms.ptq.config import DEFAULT_ACTIVATION
 from lowbit.config import Select
 from lowbit.errors import SelectorError
 from lowbit.nn import QuantAdd
-from lowbit.transform import FoldBatchNorm, quantizable_layers, quantize_functional_adds, resolve
+from lowbit.transform import FoldBatchNorm, quantizable_layers, quantize_functional_ops, resolve
 from lowbit.zoo.models import FmnistMobileNet, FmnistResNet
 
 
@@ -51,11 +51,11 @@ def test_bn_after_shared_conv_output_is_not_folded():
 
 
 def test_residual_adds_become_quant_adds():
-    gm, names = quantize_functional_adds(FmnistResNet(), DEFAULT_ACTIVATION)
-    assert len(names) == 3
+    gm, found = quantize_functional_ops(FmnistResNet(), DEFAULT_ACTIVATION)
+    assert len(found["adds"]) == 3 and len(found["pools"]) == 1
     assert sum(isinstance(m, QuantAdd) for m in gm.modules()) == 3
-    gm, names = quantize_functional_adds(FmnistMobileNet(), DEFAULT_ACTIVATION)
-    assert len(names) == 4  # blocks with stride 1 and equal in/out channels
+    gm, found = quantize_functional_ops(FmnistMobileNet(), DEFAULT_ACTIVATION)
+    assert len(found["adds"]) == 4  # blocks with stride 1 and equal in/out channels
 
 
 def test_untraceable_model_warns_and_keeps_module():
@@ -71,8 +71,8 @@ def test_untraceable_model_warns_and_keeps_module():
 
     m = DataDependent()
     with pytest.warns(UserWarning, match="cannot trace"):
-        out, names = quantize_functional_adds(m, DEFAULT_ACTIVATION)
-    assert out is m and names == []
+        out, found = quantize_functional_ops(m, DEFAULT_ACTIVATION)
+    assert out is m and found == {"adds": [], "pools": []}
 
 
 def test_selectors():
