@@ -69,5 +69,7 @@ from .quant import (
 )
 from .recipes import list_recipes as list_recipes
 from .recipes import load_recipe as load_recipe
+from .runtime import IntegerEngine as IntegerEngine
+from .runtime import integer_exact as integer_exact
 
 __version__ = "0.1.0"

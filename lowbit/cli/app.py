@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from ..errors import ConfigError, LowbitError
+from ..errors import ConfigError, LowbitError, UnsupportedError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="lowbit: quantize PyTorch models and measure what it costs.")
 zoo_app = typer.Typer(no_args_is_help=True, help="The reference model zoo.")
@@ -116,6 +116,7 @@ def export(
     weights: str | None = typer.Option(None, help="state_dict file"),
     calib_size: int = typer.Option(512, help="calibration images"),
     opset: int = typer.Option(17, help="ONNX opset"),
+    keep_float: list[str] = typer.Option([], "--keep-float", help="quantized layer to export in float (repeatable; see lowbit bench)"),
     data_dir: str | None = typer.Option(None, help="Fashion-MNIST folder"),
 ) -> None:
     """Quantize MODEL with RECIPE and export it (ONNX QDQ for ONNX Runtime, or the packed .lowbit format)."""
@@ -136,7 +137,7 @@ def export(
         config = load_recipe(recipe).replace(calib_size=calib_size)
         qmodel = quantize_(float_model, config, data=calib)
         if fmt == "onnx":
-            info = export_onnx(qmodel, example, out, opset=opset)
+            info = export_onnx(qmodel, example, out, opset=opset, float_layers=keep_float)
         else:
             info = save(qmodel, out, model_spec=model)
             info = {"path": out, "bytes": info["payload_bytes"], "format": "lowbit"}
@@ -151,9 +152,11 @@ def bench(
     weights: str | None = typer.Option(None, help="state_dict file"),
     repeats: int = typer.Option(20, help="timing rounds (median)"),
     json_path: str | None = typer.Option(None, "--json", help="write the result JSON here"),
+    per_layer: bool = typer.Option(True, "--per-layer/--no-per-layer", help="time every layer with ORT's profiler"),
+    keep_slow_float: bool = typer.Option(False, "--keep-slow-float", help="also time a model whose slow int8 layers stay float"),
     data_dir: str | None = typer.Option(None, help="Fashion-MNIST folder"),
 ) -> None:
-    """Float vs quantized MODEL on ONNX Runtime: latency at batch 1 and 256, size, BitOPs, energy; a verdict."""
+    """Float vs quantized MODEL on ONNX Runtime: latency at batch 1 and 256 (and per layer), size, BitOPs, energy; a verdict."""
     from rich.table import Table
 
     from ..api import quantize_
@@ -169,7 +172,11 @@ def bench(
     float_model = load_model_spec(model, weights)
     calib, test = _load_data(data_dir, 512)
     qmodel = quantize_(copy.deepcopy(float_model), load_recipe(recipe), data=calib)
-    r = benchmark(float_model, qmodel, test.images[:256], repeats=repeats)
+    from ..runtime import ort_available
+
+    if not ort_available():
+        raise UnsupportedError("lowbit bench runs on ONNX Runtime, which is not installed; install the extra: pip install 'lowbit[onnx]'")
+    r = benchmark(float_model, qmodel, test.images[:256], repeats=repeats, per_layer=per_layer, keep_slow_float=keep_slow_float)
     r.update(model=model, recipe=recipe)
     t = Table(title=f"{model} / {recipe} on ONNX Runtime ({r['threads']} threads)")
     for h in ("int8/fp32 latency b1", "b256", "size ratio", "GBitOPs int8 / fp32", "energy uJ int8 / fp32 (DRAM low)"):
@@ -181,6 +188,18 @@ def bench(
     plan = r["int8_plan"]
     typer.echo(f"cpu: {r['cpu']['model'] or r['cpu']['machine']} (VNNI: {'yes' if r['cpu']['vnni'] else 'no'}) -> "
                f"{plan['activations']} activations, {plan['weight_bits']}-bit weights: {plan['reason']}")
+    for row in r.get("slow_layers", []):
+        typer.echo(f"slower in int8: {row['layer']} ({row['int8_op']}) {row['int8_us']:.0f} us vs float {row['float_us']:.0f} us "
+                   f"at batch 256 ({row['ratio']:.2f}x); keep it float with: lowbit export {model} --keep-float {row['layer']}")
+    if "layers_note" in r:
+        typer.echo(r["layers_note"])
+    if per_layer:
+        o = r["other_kernels_us"]
+        typer.echo(f"per layer at batch 256: {len(r['layers'])} conv/linear layers, {len(r['slow_layers'])} not faster in int8; "
+                   f"other kernels (quantize, layout, add, pool) {o['int8']:.0f} us int8 vs {o['fp32']:.0f} us float")
+    if "latency_ratio_b1_keep_float" in r:
+        typer.echo(f"with the slow layers in float: int8/float latency {r['latency_ratio_b1_keep_float']:.2f} at batch 1, "
+                   f"{r['latency_ratio_b256_keep_float']:.2f} at batch 256")
     typer.echo(r["verdict"])
     if json_path:
         atomic_write_text(json_path, json.dumps(r, indent=1, default=float) + "\n")

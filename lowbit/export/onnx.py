@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -63,17 +63,39 @@ def _check_exportable(model: nn.Module) -> list[nn.Module]:
     return mods
 
 
+def _float_layer_modules(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
+    from ..nn.layers import is_quant_module
+
+    mods = dict(model.named_modules())
+    quantized = [n for n, m in mods.items() if is_quant_module(m)]
+    out = []
+    for name in names:
+        if name not in mods or not is_quant_module(mods[name]):
+            raise ConfigError(f"--keep-float {name!r} is not a quantized layer of this model; quantized layers: {', '.join(quantized[:12])}"
+                              + (" ..." if len(quantized) > 12 else ""))
+        out.append(mods[name])
+    return out
+
+
 @contextmanager
-def onnx_export_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Quantizers use torch's exportable fake-quant ops inside the block (restored on any exit)."""
-    mods = _check_exportable(model)
-    for m in mods:
-        m.onnx_export = True
+def onnx_export_mode(model: nn.Module, float_layers: Sequence[str] = ()) -> Iterator[nn.Module]:
+    """Quantizers use torch's exportable fake-quant ops inside the block; the layers named in
+    ``float_layers`` export without their weight / input quantizers (float kernels). Restored on any exit."""
+    layers = _float_layer_modules(model, float_layers)
+    saved = [(m, m.weight_quant, m.input_quant) for m in layers]
+    for m in layers:
+        m.weight_quant = m.input_quant = None
     try:
+        mods = _check_exportable(model)
+        for m in mods:
+            m.onnx_export = True
         yield model
     finally:
-        for m in mods:
-            m.onnx_export = False
+        for m in model.modules():
+            if isinstance(m, ActQuant | WeightQuant):
+                m.onnx_export = False
+        for m, wq, iq in saved:
+            m.weight_quant, m.input_quant = wq, iq
 
 
 def _fold_weight_quantizers(proto) -> int:
@@ -140,6 +162,7 @@ def export_onnx(
     *,
     opset: int = 17,
     precision: str = "qdq",
+    float_layers: Sequence[str] = (),
 ) -> dict:
     """Export ``model`` to ONNX at ``path`` (atomically) and return a summary.
 
@@ -149,6 +172,8 @@ def export_onnx(
         example_input: one input batch (the batch dimension is exported as dynamic).
         opset: ONNX opset (>= 13 for per-channel QDQ).
         precision: ``qdq`` (int8 QuantizeLinear / DequantizeLinear), ``fp32``, ``fp16`` or ``bf16``.
+        float_layers: names of quantized layers to export in float (e.g. layers whose int8 kernel
+            :func:`lowbit.report.bench.benchmark` measured slower than float).
     """
     import onnx
 
@@ -163,7 +188,7 @@ def export_onnx(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if precision == "qdq":
-            with onnx_export_mode(model), torch.no_grad():
+            with onnx_export_mode(model, float_layers), torch.no_grad():
                 _torch_export(model, example_input, buf, kwargs)
         else:
             import copy
@@ -181,5 +206,5 @@ def export_onnx(
     return {
         "path": str(path), "bytes": len(data), "opset": opset, "precision": precision,
         "quantize_linear": ops.count("QuantizeLinear"), "dequantize_linear": ops.count("DequantizeLinear"),
-        "weight_initializers_int8": folded, "ops": sorted(set(ops)),
+        "weight_initializers_int8": folded, "ops": sorted(set(ops)), "float_layers": list(float_layers),
     }

@@ -163,6 +163,22 @@ def test_bench_measures_and_gives_a_verdict(tmp_path):
     assert r["bitops"] * 16 == r["fp32_bitops"]  # 8x8 vs 32x32 bits per MAC
     assert r["energy_uj"]["int8"]["compute_uj"] < r["energy_uj"]["fp32"]["compute_uj"] / 10
     assert r["size_ratio"] < 0.3
+    # per-layer kernel times: both MLP layers found in both models, slow ones listed consistently
+    assert [row["layer"] for row in r["layers"]] == ["fc1", "fc2"]
+    assert all(row["float_us"] > 0 and row["int8_us"] > 0 for row in r["layers"])
+    assert {s["layer"] for s in r["slow_layers"]} == {row["layer"] for row in r["layers"] if row["int8_us"] >= 0.95 * row["float_us"]}
+
+
+def test_bench_keeps_slow_layers_float(tmp_path):
+    js = tmp_path / "b.json"
+    p = run("bench", "fmnist-resnet", "--repeats", "3", "--keep-slow-float", "--json", str(js))
+    assert p.returncode == 0, p.stderr
+    r = json.loads(js.read_text())
+    assert len(r["layers"]) == 10 and all(row["float_us"] and row["int8_us"] for row in r["layers"])
+    assert r["other_kernels_us"]["int8"] > 0
+    if r["slow_layers"]:
+        assert "keep it float with: lowbit export fmnist-resnet --keep-float" in p.stdout
+        assert r["latency_ratio_b256_keep_float"] > 0
 
 
 @pytest.mark.parametrize("args,needle", [(["--repeats", "1"], "--repeats must be >= 3"), (["--recipe", "w4a4"], "4-bit activations")])

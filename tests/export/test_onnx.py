@@ -36,6 +36,24 @@ def test_resnet_export_fuses_into_integer_kernels_and_agrees(tmp_path, resnet_w8
     assert lowbit.evaluate(runner, fmnist_small_test) >= lowbit.evaluate(resnet_w8a8, fmnist_small_test) - 0.3
 
 
+def test_keep_float_layers(tmp_path, resnet_w8a8, fmnist_small_test):
+    path = tmp_path / "k.onnx"
+    info = lowbit.export_onnx(resnet_w8a8, fmnist_small_test.images[:1], path, float_layers=["stem.0"])
+    assert info["weight_initializers_int8"] == 9 and info["float_layers"] == ["stem.0"]
+    opt = tmp_path / "k_opt.onnx"
+    runner = OrtModel(path, optimized_path=opt)
+    assert [n.op_type for n in onnx.load(str(opt)).graph.node].count("QLinearConv") == 8
+    stem = resnet_w8a8.get_submodule("stem.0")
+    assert stem.weight_quant is not None and stem.input_quant is not None  # restored
+    x = fmnist_small_test.images[:500]
+    with torch.no_grad():
+        ref = resnet_w8a8(x).argmax(1)
+    assert (runner(x).argmax(1) == ref).float().mean() >= 0.99
+    with pytest.raises(ConfigError, match="not a quantized layer.*quantized layers: stem.0"):
+        lowbit.export_onnx(resnet_w8a8, x[:1], tmp_path / "bad.onnx", float_layers=["stem.1"])
+    assert not (tmp_path / "bad.onnx").exists()
+
+
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 def test_float_exports(tmp_path, precision):
     torch.manual_seed(0)
