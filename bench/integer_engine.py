@@ -73,7 +73,7 @@ def main() -> None:
         ort = torch.from_numpy(np.concatenate([OrtModel(tmp / f"{name}.onnx").run_numpy(X[i : i + 500].numpy()) for i in range(0, len(X), 500)]))
         top = {k: v.argmax(1) for k, v in {"float": f_logits, "fakequant": fq, "integer_exact": sim, "engine": eng, "ort_int8": ort}.items()}
 
-        def agree(a, b):
+        def agree(a, b, top=top):
             return float((top[a] == top[b]).float().mean() * 100)
 
         row = {

@@ -200,7 +200,7 @@ class _IntKernels:
         cols = u.unfold(2, dil[0] * (k[0] - 1) + 1, stride[0]).unfold(3, dil[1] * (k[1] - 1) + 1, stride[1])
         cols = cols[..., :: dil[0], :: dil[1]]  # (N, C, OH, OW, kh, kw)
         N, C, OH, OW = cols.shape[:4]
-        G, O = mod.groups, w.shape[0]
+        G, O = mod.groups, w.shape[0]  # noqa: E741 - conv notation (O output channels)
         cg, og = C // G, O // G
         if cg == 1 and og == 1:  # depthwise: int32 multiply-add per channel
             wc = w.reshape(C, 1, 1, k[0], k[1]).int()
