@@ -5,6 +5,7 @@ static quantizer, against float ORT, all in one run (2 intra-op threads); when `
 Latency: median over repeats of interleaved runs (float / each int8 model in turn), at batch 1 (20
 calls per repeat) and batch 256; reported as int8 latency / float latency on the same runtime.
 Accuracy on the 10 000-image test set; "agree" = identical top-1 to lowbit's fake-quant simulation.
+"lowbit-kf" is lowbit's export with the layers the ORT profiler finds slower in int8 than in float kept float.
 
     python bench/ort_latency.py [--models fmnist-resnet,fmnist-mobilenet]
 """
@@ -23,7 +24,7 @@ import torch
 
 import lowbit
 from lowbit.data import load_fashion_mnist
-from lowbit.report.bench import interleaved_latency
+from lowbit.report.bench import interleaved_latency, kernel_profile, layer_aliases, layer_timings, slow_layers
 from lowbit.runtime import OpenVINOModel, OrtModel, openvino_available
 from lowbit.zoo import load_model
 
@@ -64,9 +65,15 @@ def main() -> None:
         x1 = test.images[:1]
         lowbit.export_onnx(fp, x1, tmp / f"{name}-fp32.onnx", precision="fp32")
         lowbit.export_onnx(q, x1, tmp / f"{name}-lowbit.onnx")
+        # the safety net: layers whose int8 kernel is not faster than float (ORT profiler, batch 256) stay float
+        aliases = layer_aliases(q)
+        (t_f, _), (t_q, _) = (layer_timings(kernel_profile(tmp / f"{name}-{k}.onnx", X[:256], runs=20), aliases) for k in ("fp32", "lowbit"))
+        slow = [r["layer"] for r in slow_layers(t_f, t_q)]
+        lowbit.export_onnx(q, x1, tmp / f"{name}-lowbit-kf.onnx", float_layers=slow)
+        print(f"{name}: layers kept float: {slow}", flush=True)
         for act in ("u8", "s8"):
             ort_own_quantizer(str(tmp / f"{name}-fp32.onnx"), str(tmp / f"{name}-ort-{act}.onnx"), calib.images.numpy(), act)
-        models = {k: OrtModel(tmp / f"{name}-{k}.onnx") for k in ("fp32", "lowbit", "ort-u8", "ort-s8")}
+        models = {k: OrtModel(tmp / f"{name}-{k}.onnx") for k in ("fp32", "lowbit", "lowbit-kf", "ort-u8", "ort-s8")}
         files = {k: tmp / f"{name}-{k}.onnx" for k in models}
         baseline = dict.fromkeys(models, "fp32")  # latency ratios are against float on the same runtime
         if openvino_available():
@@ -84,13 +91,14 @@ def main() -> None:
                 lat1.update(interleaved_latency(group, X[:1], repeats=60, calls=20))
                 lat256.update(interleaved_latency(group, X[:256], repeats=20, calls=1))
         for k in models:
-            row = {"model": name, "variant": k, "runtime": "openvino" if k.startswith("ov-") else "onnxruntime",
+            row = {"model": name, "variant": k, "float_layers": slow if k == "lowbit-kf" else [],
+                   "runtime": "openvino" if k.startswith("ov-") else "onnxruntime",
                    "accuracy": float((preds[k] == y).mean() * 100),
                    "agree_with_lowbit_fakequant_pct": float((preds[k] == fq).mean() * 100),
                    "latency_ratio_b1": lat1[k] / lat1[baseline[k]], "latency_ratio_b256": lat256[k] / lat256[baseline[k]],
                    "onnx_bytes": files[k].stat().st_size}
             rows.append(row)
-            print(f"{name:17s} {k:7s} acc {row['accuracy']:6.2f}  agree {row['agree_with_lowbit_fakequant_pct']:6.2f}%  "
+            print(f"{name:17s} {k:9s} acc {row['accuracy']:6.2f}  agree {row['agree_with_lowbit_fakequant_pct']:6.2f}%  "
                   f"b1 {row['latency_ratio_b1']:.3f}x  b256 {row['latency_ratio_b256']:.3f}x  {row['onnx_bytes']} B", flush=True)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     import onnxruntime

@@ -98,11 +98,10 @@ def onnx_export_mode(model: nn.Module, float_layers: Sequence[str] = ()) -> Iter
             m.weight_quant, m.input_quant = wq, iq
 
 
-def _fold_weight_quantizers(proto) -> int:
-    """Replace ``QuantizeLinear(float initializer)`` by the integer initializer it computes."""
+def _const_reader(g):
+    """``value(name)``: the numpy value of an initializer / Constant output (through Identity), else None."""
     from onnx import numpy_helper
 
-    g = proto.graph
     inits = {i.name: i for i in g.initializer}
     consts = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
     identities = {n.output[0]: n.input[0] for n in g.node if n.op_type == "Identity"}  # shared initializers
@@ -115,6 +114,63 @@ def _fold_weight_quantizers(proto) -> int:
         if name in consts:
             return numpy_helper.to_array(consts[name].attribute[0].t)
         return None
+
+    return value
+
+
+def _drop_requantize_pairs(proto) -> int:
+    """Remove ``DequantizeLinear -> [Relu] -> QuantizeLinear`` chains that give back the same codes.
+
+    With equal ``(S, Z)`` on both ends, ``Q(DQ(q)) = q``; a Relu between them is the identity too
+    when ``Z`` is the container's minimum (0 for uint8). The Q's consumers then read ``q`` directly, so
+    ONNX Runtime sees one quantized tensor feeding several integer kernels (no float round trip).
+    """
+    import numpy as np
+
+    g = proto.graph
+    value = _const_reader(g)
+    producer = {o: n for n in g.node for o in n.output}
+    removed = 0
+    for q in [n for n in g.node if n.op_type == "QuantizeLinear"]:
+        src = producer.get(q.input[0])
+        if src is not None and src.op_type == "Relu":
+            src = producer.get(src.input[0])
+            through_relu = True
+        else:
+            through_relu = False
+        if src is None or src.op_type != "DequantizeLinear" or len(q.input) < 3 or len(src.input) < 3:
+            continue
+        if q.output[0] in {o.name for o in g.output}:
+            continue  # a graph output keeps its Q node
+        s1, z1, s2, z2 = (value(n) for n in (src.input[1], src.input[2], q.input[1], q.input[2]))
+        if any(v is None for v in (s1, z1, s2, z2)) or s1.shape != s2.shape or z1.dtype != z2.dtype:
+            continue
+        if not (np.array_equal(s1, s2) and np.array_equal(z1, z2)):
+            continue
+        if through_relu and not np.all(z1 == np.iinfo(z1.dtype).min):
+            continue
+        for other in g.node:
+            for i, name in enumerate(other.input):
+                if name == q.output[0]:
+                    other.input[i] = src.input[0]
+        g.node.remove(q)
+        removed += 1
+    # drop nodes whose outputs nobody reads any more (the DQ / Relu left behind)
+    while True:
+        used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+        dead = [n for n in g.node if n.op_type in ("DequantizeLinear", "Relu", "Constant") and not any(o in used for o in n.output)]
+        if not dead:
+            return removed
+        for n in dead:
+            g.node.remove(n)
+
+
+def _fold_weight_quantizers(proto) -> int:
+    """Replace ``QuantizeLinear(float initializer)`` by the integer initializer it computes."""
+    from onnx import numpy_helper
+
+    g = proto.graph
+    value = _const_reader(g)
 
     folded = 0
     for node in list(g.node):
@@ -199,6 +255,7 @@ def export_onnx(
                 _torch_export(m, example_input.to(dtype), buf, kwargs)
     proto = onnx.load_from_string(buf.getvalue())
     folded = _fold_weight_quantizers(proto) if precision == "qdq" else 0
+    dropped = _drop_requantize_pairs(proto) if precision == "qdq" else 0
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
     atomic_write_bytes(path, data)
@@ -206,5 +263,5 @@ def export_onnx(
     return {
         "path": str(path), "bytes": len(data), "opset": opset, "precision": precision,
         "quantize_linear": ops.count("QuantizeLinear"), "dequantize_linear": ops.count("DequantizeLinear"),
-        "weight_initializers_int8": folded, "ops": sorted(set(ops)), "float_layers": list(float_layers),
+        "weight_initializers_int8": folded, "requantize_pairs_dropped": dropped, "ops": sorted(set(ops)), "float_layers": list(float_layers),
     }

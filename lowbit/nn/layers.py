@@ -113,16 +113,21 @@ class QuantAdd(nn.Module):
     Non-tensor operands (e.g. ``int`` shape arithmetic captured by the graph) are added as is.
     """
 
-    def __init__(self, spec: QuantSpec) -> None:
+    def __init__(self, spec: QuantSpec, fused_relu: bool = False) -> None:
         super().__init__()
         self.input_quant_a = ActQuant(spec)
         self.input_quant_b = ActQuant(spec)
         self.output_quant = ActQuant(spec)
+        self.fused_relu = fused_relu  # the sum goes through ReLU before its quantizer (add + ReLU in one kernel)
 
     def forward(self, a, b):
         if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.is_floating_point() and b.is_floating_point()):
             return a + b
-        return self.output_quant(self.input_quant_a(a) + self.input_quant_b(b))
+        s = self.input_quant_a(a) + self.input_quant_b(b)
+        return self.output_quant(torch.relu(s) if self.fused_relu else s)
+
+    def extra_repr(self) -> str:
+        return "fused_relu=True" if self.fused_relu else ""
 
 
 def is_quant_module(m: nn.Module) -> bool:

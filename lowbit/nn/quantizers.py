@@ -58,23 +58,35 @@ class ActQuant(Calibratable):
         self.register_buffer("scale", None)
         self.register_buffer("zero_point", None)
         self._saved_state = "float"
+        self.__dict__["grid_source"] = None  # plain attribute: not a child module
 
     @property
     def calibrated(self) -> bool:
         return self.spec.dynamic or (self.state == "quant" and self.scale is not None)
 
+    def share_grid_with(self, source: ActQuant) -> None:
+        """Reuse ``source``'s calibrated ``(S, Z)`` instead of observing: for a quantizer whose input is
+        already on ``source``'s grid (e.g. a conv reading a residual add's output), so the deployed graph
+        has no requantization between the two (ONNX Runtime drops the redundant Q/DQ pair)."""
+        self.__dict__["grid_source"] = source
+
     def start_observing(self) -> None:
         self._saved_state = self.state
-        if self.spec.dynamic:
+        if self.spec.dynamic or self.grid_source is not None:
             return
         self.observer = make_observer(self.spec.observer, self.spec.granularity, **self.spec.observer_args)
         self.state = "observe"
 
     def has_observed(self) -> bool:
+        if self.grid_source is not None:
+            return self.grid_source.has_observed()
         return self.spec.dynamic or (self.observer is not None and self.observer.num_batches > 0)
 
     def finish_observing(self) -> None:
         if self.spec.dynamic:
+            return
+        if self.grid_source is not None:  # calibrating() finishes sources first
+            self.set_qparams(self.grid_source.scale, self.grid_source.zero_point)
             return
         if self.observer is None or self.observer.num_batches == 0:
             raise CalibrationError(
@@ -110,7 +122,8 @@ class ActQuant(Calibratable):
         return x
 
     def extra_repr(self) -> str:
-        return f"{self.spec.describe()}, state={self.state}"
+        shared = ", shared grid" if self.grid_source is not None else ""
+        return f"{self.spec.describe()}, state={self.state}{shared}"
 
 
 class WeightQuant(nn.Module):

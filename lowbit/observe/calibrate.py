@@ -68,6 +68,7 @@ def calibrating(model: nn.Module) -> Iterator[nn.Module]:
             m.abort_observing()
         model.train(was_training)
         raise CalibrationError("no data went through the model during calibration; feed at least one batch")
-    for m in mods:
+    # quantizers that share another's grid copy it, so they finish after every source
+    for m in sorted(mods, key=lambda m: getattr(m, "grid_source", None) is not None):
         m.finish_observing()
     model.train(was_training)

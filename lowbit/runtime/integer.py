@@ -368,6 +368,8 @@ class IntegerProgram(nn.Module):
             raise UnsupportedError(f"{name}: add operand scales are too far apart for 31-bit fixed point")
         A, B = round(ma * 2.0**r), round(mb * 2.0**r)
         q = torch.clamp(rshift_rne(A * va.n + B * vb.n, torch.tensor(r)) + Z, qmin, qmax)
+        if mod.fused_relu:  # quantize(relu(s)) = max(quantize(s), Z)
+            q = q.clamp(min=Z)
         return IntValue(q - Z, torch.tensor(S, dtype=torch.float64), Z, qmin, qmax)
 
     @staticmethod

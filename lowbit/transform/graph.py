@@ -112,7 +112,88 @@ def quantize_functional_ops(model: nn.Module, spec: QuantSpec) -> tuple[nn.Modul
             found["pools"].append(str(node.target) if node.op == "call_module" else node.name)
     if not found["adds"] and not found["pools"]:  # nothing captured: keep the user's own module object
         return model, found
+    found["fused_relu"] = fuse_add_relu(gm)
+    found["shared_grids"] = share_quant_grids(gm)
     gm.graph.lint()
     gm.recompile()
     return gm, found
+
+
+def _is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(node.target), nn.ReLU)
+    return (node.op == "call_function" and node.target in (F.relu, torch.relu)) or (node.op == "call_method" and node.target == "relu")
+
+
+def fuse_add_relu(gm: fx.GraphModule) -> list[str]:
+    """``QuantAdd`` whose only user is a ReLU quantizes ``relu(a + b)`` (``fused_relu``): its output grid
+    then starts at zero, the ReLU after it is the identity, and runtimes run add + ReLU as one kernel."""
+    fused = []
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), QuantAdd) and len(node.users) == 1:
+            (user,) = node.users
+            if _is_relu(gm, user):
+                gm.get_submodule(node.target).fused_relu = True
+                fused.append(node.target)
+    return fused
+
+
+_GRID_PRESERVING_MODULES = (nn.Identity, nn.Dropout, nn.Flatten, nn.MaxPool1d, nn.MaxPool2d)
+_GRID_PRESERVING_FUNCTIONS = (torch.flatten, torch.reshape, F.max_pool1d, F.max_pool2d)
+_GRID_PRESERVING_METHODS = ("flatten", "view", "reshape", "contiguous")
+
+
+def share_quant_grids(gm: fx.GraphModule) -> list[tuple[str, str]]:
+    """Let activation quantizers whose input is already on another quantizer's grid reuse that grid.
+
+    A *grid* is the output of an activation quantizer (a standalone ``ActQuant``, a ``QuantAdd``'s
+    output, a layer's ``output_quant``), carried unchanged through reshapes, max pooling, dropout and
+    the ReLU after a ``fused_relu`` add. A consumer quantizer (a layer's ``input_quant``, an
+    ``ActQuant``, a ``QuantAdd`` input) of the same format on such a value calls
+    :meth:`ActQuant.share_grid_with`: ``fq(fq(x, S), S) = fq(x, S)``, so the simulation is unchanged
+    while the deployed graph loses a requantization. Returns ``(consumer, source)`` names.
+    """
+    names = {id(m): n for n, m in gm.named_modules()}
+    grid: dict[fx.Node, ActQuant] = {}
+    links = []
+
+    def link(consumer: ActQuant | None, source: ActQuant) -> None:
+        if consumer is None or consumer is source or consumer.spec.dynamic or source.spec.dynamic:
+            return
+        if consumer.spec.format != source.spec.format or consumer.spec.granularity != source.spec.granularity:
+            return
+        root = source.grid_source or source
+        consumer.share_grid_with(root)
+        links.append((names.get(id(consumer), "?"), names.get(id(root), "?")))
+
+    for node in gm.graph.nodes:
+        src = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+        if node.op == "call_module":
+            mod = gm.get_submodule(node.target)
+            if isinstance(mod, ActQuant):
+                if src in grid:
+                    link(mod, grid[src])
+                grid[node] = mod.grid_source or mod
+            elif isinstance(mod, QuantAdd):
+                for arg, q in zip(node.args, (mod.input_quant_a, mod.input_quant_b), strict=False):
+                    if isinstance(arg, fx.Node) and arg in grid:
+                        link(q, grid[arg])
+                grid[node] = mod.output_quant
+            elif is_quant_module(mod):
+                if src in grid:
+                    link(mod.input_quant, grid[src])
+                if mod.output_quant is not None:
+                    grid[node] = mod.output_quant
+            elif src in grid and isinstance(mod, _GRID_PRESERVING_MODULES):
+                grid[node] = grid[src]
+            elif src in grid and isinstance(mod, nn.ReLU) and src.op == "call_module" and getattr(gm.get_submodule(src.target), "fused_relu", False):
+                grid[node] = grid[src]
+        elif src in grid and node.op == "call_function":
+            if node.target in _GRID_PRESERVING_FUNCTIONS:
+                grid[node] = grid[src]
+            elif node.target in (F.relu, torch.relu) and src.op == "call_module" and getattr(gm.get_submodule(src.target), "fused_relu", False):
+                grid[node] = grid[src]
+        elif src in grid and node.op == "call_method" and node.target in _GRID_PRESERVING_METHODS:
+            grid[node] = grid[src]
+    return links
 

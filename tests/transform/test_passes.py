@@ -91,3 +91,33 @@ def test_selector_matching_nothing_is_error(sel):
     m = FmnistResNet()
     with pytest.raises(SelectorError, match="match"):
         resolve(sel, m, quantizable_layers(m))
+
+
+def test_add_relu_fusion_and_shared_grids(fmnist_calib, fmnist_small_test):
+    import lowbit
+    from lowbit.zoo import load_model
+
+    float_model = load_model("fmnist-resnet")
+    q = lowbit.quantize_(load_model("fmnist-resnet"), lowbit.load_recipe("w8a8"), data=fmnist_calib)
+    info = q.lowbit_info
+    assert all(q.get_submodule(a).fused_relu for a in info["adds"])  # every ResNet add is followed by its ReLU
+    links = dict(info["shared_grids"])
+    assert links["layers.1.conv1.input_quant"] == links["layers.1.shortcut.0.input_quant"] == "lowbit_add_0.output_quant"
+    assert links["fc.input_quant"] == "lowbit_pool_0_out"
+    for consumer, source in links.items():  # calibrated to the very same grid, whatever the module order
+        c, s = q.get_submodule(consumer), q.get_submodule(source)
+        assert c.calibrated and torch.equal(c.scale, s.scale) and torch.equal(c.zero_point, s.zero_point)
+    assert int(q.get_submodule("lowbit_add_0.output_quant").zero_point) == 0  # post-ReLU grid starts at zero
+    acc_q, acc_f = lowbit.evaluate(q, fmnist_small_test), lowbit.evaluate(float_model, fmnist_small_test)
+    assert acc_q >= acc_f - 0.3
+
+
+def test_mobilenet_adds_without_relu_share_their_grid(fmnist_calib):
+    import lowbit
+    from lowbit.zoo import load_model
+
+    q = lowbit.quantize_(load_model("fmnist-mobilenet"), lowbit.load_recipe("w8a8"), data=fmnist_calib)
+    assert not any(q.get_submodule(a).fused_relu for a in q.lowbit_info["adds"])  # linear bottlenecks: no ReLU after the add
+    links = dict(q.lowbit_info["shared_grids"])
+    assert links["blocks.1.block.0.input_quant"] == "lowbit_add_0.output_quant"
+    assert links["head.0.input_quant"] == "lowbit_add_3.output_quant"

@@ -104,4 +104,5 @@ def quantize_ptq(model: nn.Module, config: PTQConfig) -> tuple[nn.Module, dict]:
             add_spec = add_spec.replace(granularity="per_tensor")
         model, found = quantize_functional_ops(model, add_spec)
         info["adds"], info["pools"] = found["adds"], found["pools"]
+        info["shared_grids"] = found.get("shared_grids", [])
     return model, info
