@@ -42,6 +42,48 @@ def register_handler(config_cls: type[Config]):
 
 register_handler(PTQConfig)(quantize_ptq)
 
+# Refiners run after calibration on the same calibration inputs: fn(model, config, inputs) -> info dict.
+# (AdaRound, bias correction, iterative noise adaptation, ... — algorithms that need data and a
+# calibrated model.) A handler may also put a "synthetic_data" tensor in its info: quantize_ then
+# calibrates (and refines) on it when the caller passes no data.
+_REFINERS: dict[type[Config], Callable[[nn.Module, Any, list[torch.Tensor]], dict]] = {}
+
+
+def register_refiner(config_cls: type[Config]):
+    """Decorator registering ``fn(model, config, inputs: list[Tensor]) -> dict`` to run after calibration."""
+
+    def deco(fn):
+        _REFINERS[config_cls] = fn
+        return fn
+
+    return deco
+
+
+def collect_inputs(data: Any, *, transform_fn: Callable[[Any], torch.Tensor] | None = None, max_samples: int | None = None) -> list[torch.Tensor]:
+    """The model inputs of ``data`` as a list of batches (at most ``max_samples`` samples), checked for NaN/Inf."""
+    if data is None:
+        raise CalibrationError("this step needs data: pass data= (an iterable of batches)")
+    tf = transform_fn or _default_transform
+    out: list[torch.Tensor] = []
+    seen = 0
+    for i, batch in enumerate(iter_batches(data)):
+        x = tf(batch)
+        if not isinstance(x, torch.Tensor):
+            raise CalibrationError(f"transform_fn returned {type(x).__name__}, expected a tensor")
+        if max_samples is not None and seen + x.shape[0] > max_samples:
+            x = x[: max_samples - seen]
+        if x.numel() == 0:
+            continue
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise CalibrationError(f"calibration batch {i} holds NaN/Inf values; clean the data before calibrating")
+        out.append(x)
+        seen += x.shape[0]
+        if max_samples is not None and seen >= max_samples:
+            break
+    if not out:
+        raise CalibrationError("calibration data is empty; pass at least one non-empty batch")
+    return out
+
 
 def _default_transform(batch: Any) -> torch.Tensor:
     if isinstance(batch, torch.Tensor):
@@ -140,11 +182,16 @@ def quantize_(
         raise ConfigError(f"no handler registered for {type(config).__name__}; known configs: {known}")
     t0 = time.perf_counter()
     model, info = handler(model, config)
+    if data is None and "synthetic_data" in info:
+        data, transform_fn = info.pop("synthetic_data"), None
+    refiner = _REFINERS.get(type(config))
     needs_calib = any(not q.spec.dynamic for q in activation_quantizers(model))
-    if calibrate and needs_calib:
-        info["calibration_samples"] = _run_calibration(
-            model, data, transform_fn=transform_fn, max_samples=getattr(config, "calib_size", None)
-        )
+    if calibrate and (needs_calib or refiner is not None):
+        inputs = collect_inputs(data, transform_fn=transform_fn, max_samples=getattr(config, "calib_size", None))
+        if needs_calib:
+            info["calibration_samples"] = _run_calibration(model, inputs)
+        if refiner is not None:
+            info.update(refiner(model, config, inputs))
     info["seconds"] = time.perf_counter() - t0
     info["config"] = config.to_dict()
     model.lowbit_info = info

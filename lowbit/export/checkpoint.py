@@ -3,15 +3,17 @@ and a SHA-256 over manifest and payload. Never pickles.
 
 File layout: one safetensors file. Its ``__metadata__`` holds
 
-* ``lowbit_format`` — format version (this code writes and reads ``1``);
-* ``lowbit_manifest`` — JSON: lowbit version, model spec, the quantization config, a layer map;
+* ``lowbit_format`` — format version (this code writes ``2`` and reads ``1`` and ``2``);
+* ``lowbit_manifest_z`` — base64 of the zlib-compressed JSON manifest: lowbit version, model spec,
+  the quantization config, a layer map (version 1 stored the JSON as is in ``lowbit_manifest``);
 * ``lowbit_sha256`` — SHA-256 of ``manifest || tensor_0 bytes || tensor_1 bytes ...`` (keys sorted).
 
 Tensors: ``codes`` (uint8: every layer's bit-packed codes ``q - qmin``, 1..8 bits, concatenated),
 ``scales`` (fp32: weight and activation scales), ``zero_points`` (int16; omitted for symmetric
 signed weights, whose zero points are all 0), ``L/<layer>/qweight`` for codes above 8 bits, and
-``F/<key>`` for every other float tensor (biases, float layers); the manifest's layer map holds
-each layer's ``[offset, length]`` into them. A ``b``-bit layer of ``n`` weights takes
+``floats`` (every other fp32 tensor — biases, float layers — concatenated; other dtypes as
+``F/<key>``); the manifest's maps hold each entry's ``[offset, length]`` into them. Activation
+quantizers that share another's grid are not stored (``load`` links them again). A ``b``-bit layer of ``n`` weights takes
 ``ceil(n b / 8)`` bytes plus its qparams.
 
 Loading rebuilds the model (zoo name / ``file.py:Name`` from the manifest, or the skeleton you pass),
@@ -32,10 +34,12 @@ Example:
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
 import struct
+import zlib
 from pathlib import Path
 
 import torch
@@ -48,7 +52,7 @@ from ..nn.layers import is_quant_module
 from ..quant import dequantize, quantize
 from .bitpack import pack_bits, unpack_bits
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: zlib-compressed manifest, float32 tensors concatenated; 1 is still read
 
 
 class CheckpointError(LowbitError, ValueError):
@@ -121,8 +125,9 @@ def save(model: nn.Module, path: str | Path, *, model_spec: str | None = None) -
         layers[name] = entry
         covered.add(f"{name}.weight" if name else "weight")
     activations: dict[str, dict] = {}
+    shared = {name for name, m in model.named_modules() if isinstance(m, ActQuant) and m.grid_source is not None}
     for name, m in model.named_modules():
-        if isinstance(m, ActQuant) and not m.spec.dynamic:
+        if isinstance(m, ActQuant) and not m.spec.dynamic and name not in shared:
             if m.scale is None:
                 raise CalibrationError(
                     f"activation quantizer {name} is not calibrated; calibrate the model (quantize_(..., data=...)) before saving"
@@ -135,18 +140,27 @@ def save(model: nn.Module, path: str | Path, *, model_spec: str | None = None) -
         tensors["scales"] = torch.cat(scales)
     if zps:
         tensors["zero_points"] = torch.cat(zps)
+    floats: list[torch.Tensor] = []
+    float_map: dict[str, list] = {}
+    sizes["floats"] = 0
     for key, t in model.state_dict().items():
         if key in covered or t is None:
             continue
         owner = key.rpartition(".")[0]
-        if owner in activations or owner.endswith("weight_quant"):
-            continue  # qparams stored above / recomputed from the packed codes
-        tensors[f"F/{key}"] = t.detach().contiguous()
+        if owner in activations or owner in shared or owner.endswith("weight_quant"):
+            continue  # qparams stored above / recomputed from the packed codes / linked on load
+        if t.dtype == torch.float32:
+            float_map[key] = [*put("floats", floats, t.detach()), list(t.shape)]
+        else:
+            tensors[f"F/{key}"] = t.detach().contiguous()
+    if floats:
+        tensors["floats"] = torch.cat(floats)
     manifest = json.dumps({
         "format": "lowbit-packed", "format_version": FORMAT_VERSION, "lowbit_version": __version__,
-        "model": model_spec, "config": config, "layers": layers, "activations": activations,
-    }, sort_keys=True)
-    meta = {"lowbit_format": str(FORMAT_VERSION), "lowbit_manifest": manifest, "lowbit_sha256": _digest(manifest, tensors)}
+        "model": model_spec, "config": config, "layers": layers, "activations": activations, "floats": float_map,
+    }, sort_keys=True, separators=(",", ":"))
+    packed = base64.b64encode(zlib.compress(manifest.encode("utf-8"), 9)).decode("ascii")
+    meta = {"lowbit_format": str(FORMAT_VERSION), "lowbit_manifest_z": packed, "lowbit_sha256": _digest(manifest, tensors)}
     blob = st_save(tensors, metadata=meta)
     atomic_write_bytes(path, blob)
     out = json.loads(manifest)
@@ -185,6 +199,11 @@ def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"{path} is corrupt or truncated ({type(e).__name__}: {e})") from None
     manifest_s = meta.get("lowbit_manifest", "")
+    if "lowbit_manifest_z" in meta:
+        try:
+            manifest_s = zlib.decompress(base64.b64decode(meta["lowbit_manifest_z"], validate=True)).decode("utf-8")
+        except (ValueError, zlib.error, UnicodeDecodeError):
+            raise CheckpointError(f"{path}: the manifest is damaged (cannot decompress it)") from None
     if _digest(manifest_s, tensors) != meta.get("lowbit_sha256"):
         raise CheckpointError(f"{path} failed its SHA-256 check: the file was modified or damaged after saving")
     return json.loads(manifest_s), tensors
@@ -211,6 +230,10 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     mods = dict(model.named_modules())
     with torch.no_grad():
         float_state = {k[2:]: v for k, v in tensors.items() if k.startswith("F/")}
+        for key, (off, n, shape) in manifest.get("floats", {}).items():
+            if off < 0 or off + n > tensors["floats"].numel():
+                raise CheckpointError(f"{path}: manifest points outside the floats tensor")
+            float_state[key] = tensors["floats"][off : off + n].reshape(shape)
         own = model.state_dict()
         missing = [k for k in float_state if k not in own]
         if missing:
@@ -254,5 +277,8 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
                 raise CheckpointError(f"{path}: activation quantizer {name} not found in the model")
             aq.set_qparams(span("scales", entry["scale"]).reshape(entry["shape"]),
                            span("zero_points", entry["zero_point"]).reshape(entry["shape"]))
+        for m in mods.values():
+            if isinstance(m, ActQuant) and m.grid_source is not None:
+                m.set_qparams(m.grid_source.scale, m.grid_source.zero_point)
     model.eval()
     return model

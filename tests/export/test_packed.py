@@ -1,7 +1,9 @@
 """Packed .lowbit checkpoints: pack/unpack identity, bit-exact reload, theoretical size, refusal of bad files."""
 
+import base64
 import json
 import struct
+import zlib
 
 import pytest
 import torch
@@ -106,10 +108,14 @@ def test_tampered_manifest_is_refused(tmp_path):
     save(_quantized(), path)
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    manifest = json.loads(json.loads(raw[8 : 8 + n])["__metadata__"]["lowbit_manifest"])
+    packed = json.loads(raw[8 : 8 + n])["__metadata__"]["lowbit_manifest_z"]
+    manifest = json.loads(zlib.decompress(base64.b64decode(packed)))
     manifest["model"] = "fmnist-resnet"
-    _rewrite_meta(path, lowbit_manifest=json.dumps(manifest, sort_keys=True))
+    _rewrite_meta(path, lowbit_manifest_z=base64.b64encode(zlib.compress(json.dumps(manifest).encode())).decode())
     with pytest.raises(CheckpointError, match="SHA-256"):
+        load(path)
+    _rewrite_meta(path, lowbit_manifest_z="not base64!")
+    with pytest.raises(CheckpointError, match="manifest is damaged"):
         load(path)
 
 
