@@ -6,6 +6,7 @@ Example:
     ['w2a8', 'w4-weight-only', 'w4a4']
 """
 
+from .algorithms.dfq import DFQConfig as DFQConfig
 from .algorithms.ptq import PTQConfig as PTQConfig
 from .api import (
     activation_quantizers as activation_quantizers,

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ._progress import track
+from .algorithms.dfq import DFQConfig, empirical_bias_correction, quantize_dfq
 from .algorithms.ptq import PTQConfig, quantize_ptq
 from .config import Config
 from .errors import CalibrationError, ConfigError, UnsupportedError
@@ -46,17 +47,22 @@ register_handler(PTQConfig)(quantize_ptq)
 # (AdaRound, bias correction, iterative noise adaptation, ... — algorithms that need data and a
 # calibrated model.) A handler may also put a "synthetic_data" tensor in its info: quantize_ then
 # calibrates (and refines) on it when the caller passes no data.
-_REFINERS: dict[type[Config], Callable[[nn.Module, Any, list[torch.Tensor]], dict]] = {}
+_REFINERS: dict[type[Config], tuple[Callable[[nn.Module, Any, list[torch.Tensor]], dict], Callable[[Any], bool] | None]] = {}
 
 
-def register_refiner(config_cls: type[Config]):
-    """Decorator registering ``fn(model, config, inputs: list[Tensor]) -> dict`` to run after calibration."""
+def register_refiner(config_cls: type[Config], when: Callable[[Any], bool] | None = None):
+    """Decorator registering ``fn(model, config, inputs: list[Tensor]) -> dict`` to run after calibration
+    (only for configs where ``when(config)`` is true, if given)."""
 
     def deco(fn):
-        _REFINERS[config_cls] = fn
+        _REFINERS[config_cls] = (fn, when)
         return fn
 
     return deco
+
+
+register_handler(DFQConfig)(quantize_dfq)
+register_refiner(DFQConfig, when=lambda c: c.bias_correction == "empirical")(empirical_bias_correction)
 
 
 def collect_inputs(data: Any, *, transform_fn: Callable[[Any], torch.Tensor] | None = None, max_samples: int | None = None) -> list[torch.Tensor]:
@@ -184,8 +190,10 @@ def quantize_(
     model, info = handler(model, config)
     if data is None and "synthetic_data" in info:
         data, transform_fn = info.pop("synthetic_data"), None
-    refiner = _REFINERS.get(type(config))
-    needs_calib = any(not q.spec.dynamic for q in activation_quantizers(model))
+    refiner, when = _REFINERS.get(type(config), (None, None))
+    if refiner is not None and when is not None and not when(config):
+        refiner = None
+    needs_calib = any(not q.spec.dynamic and not q.calibrated for q in activation_quantizers(model))
     if calibrate and (needs_calib or refiner is not None):
         inputs = collect_inputs(data, transform_fn=transform_fn, max_samples=getattr(config, "calib_size", None))
         if needs_calib:

@@ -19,9 +19,12 @@ _DIR = Path(__file__).parent
 
 
 def _config_classes() -> dict[str, type[Config]]:
-    from ..algorithms.ptq import PTQConfig
+    """Every config class with a registered handler, by its ``kind``."""
+    import lowbit  # noqa: F401 - importing the package registers every algorithm
 
-    return {PTQConfig.kind: PTQConfig}
+    from ..api import _HANDLERS
+
+    return {c.kind: c for c in _HANDLERS}
 
 
 def list_recipes() -> dict[str, str]:
