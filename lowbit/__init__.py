@@ -8,6 +8,7 @@ Example:
 
 from .algorithms.dfq import DFQConfig as DFQConfig
 from .algorithms.ptq import PTQConfig as PTQConfig
+from .algorithms.zeroq import ZeroQConfig as ZeroQConfig
 from .api import (
     activation_quantizers as activation_quantizers,
 )
