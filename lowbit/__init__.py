@@ -6,6 +6,7 @@ Example:
     ['w2a8', 'w4-weight-only', 'w4a4']
 """
 
+from .algorithms.aciq import ACIQConfig as ACIQConfig
 from .algorithms.dfq import DFQConfig as DFQConfig
 from .algorithms.ptq import PTQConfig as PTQConfig
 from .algorithms.zeroq import ZeroQConfig as ZeroQConfig

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ._progress import track
+from .algorithms.aciq import ACIQConfig, quantize_aciq
 from .algorithms.dfq import DFQConfig, empirical_bias_correction, quantize_dfq
 from .algorithms.ptq import PTQConfig, quantize_ptq
 from .algorithms.zeroq import ZeroQConfig, quantize_zeroq
@@ -63,6 +64,7 @@ def register_refiner(config_cls: type[Config], when: Callable[[Any], bool] | Non
 
 
 register_handler(DFQConfig)(quantize_dfq)
+register_handler(ACIQConfig)(quantize_aciq)
 register_handler(ZeroQConfig)(quantize_zeroq)
 register_refiner(DFQConfig, when=lambda c: c.bias_correction == "empirical")(empirical_bias_correction)
 
