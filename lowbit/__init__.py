@@ -76,3 +76,6 @@ from .runtime import IntegerEngine as IntegerEngine
 from .runtime import integer_exact as integer_exact
 
 __version__ = "0.1.0"
+
+# algorithms that register themselves with quantize_ on import (after .api exists)
+from .algorithms.adaround import AdaRoundConfig as AdaRoundConfig  # noqa: E402
