@@ -79,3 +79,4 @@ __version__ = "0.1.0"
 
 # algorithms that register themselves with quantize_ on import (after .api exists)
 from .algorithms.adaround import AdaRoundConfig as AdaRoundConfig  # noqa: E402
+from .algorithms.iterative import IterativeConfig as IterativeConfig  # noqa: E402
