@@ -69,14 +69,12 @@ register_handler(ZeroQConfig)(quantize_zeroq)
 register_refiner(DFQConfig, when=lambda c: c.bias_correction == "empirical")(empirical_bias_correction)
 
 
-def collect_inputs(data: Any, *, transform_fn: Callable[[Any], torch.Tensor] | None = None, max_samples: int | None = None) -> list[torch.Tensor]:
-    """The model inputs of ``data`` as a list of batches (at most ``max_samples`` samples), checked for NaN/Inf."""
-    if data is None:
-        raise CalibrationError("this step needs data: pass data= (an iterable of batches)")
+def _inputs(data: Any, transform_fn: Callable[[Any], torch.Tensor] | None, max_samples: int | None, progress: str | None = None):
+    """Yield the model inputs of ``data`` (at most ``max_samples`` samples), checked for NaN/Inf."""
     tf = transform_fn or _default_transform
-    out: list[torch.Tensor] = []
     seen = 0
-    for i, batch in enumerate(iter_batches(data)):
+    batches = iter_batches(data)
+    for i, batch in enumerate(track(batches, progress) if progress else batches):
         x = tf(batch)
         if not isinstance(x, torch.Tensor):
             raise CalibrationError(f"transform_fn returned {type(x).__name__}, expected a tensor")
@@ -86,10 +84,17 @@ def collect_inputs(data: Any, *, transform_fn: Callable[[Any], torch.Tensor] | N
             continue
         if x.is_floating_point() and not bool(torch.isfinite(x).all()):
             raise CalibrationError(f"calibration batch {i} holds NaN/Inf values; clean the data before calibrating")
-        out.append(x)
+        yield x
         seen += x.shape[0]
         if max_samples is not None and seen >= max_samples:
             break
+
+
+def collect_inputs(data: Any, *, transform_fn: Callable[[Any], torch.Tensor] | None = None, max_samples: int | None = None) -> list[torch.Tensor]:
+    """The model inputs of ``data`` as a list of batches (at most ``max_samples`` samples), checked for NaN/Inf."""
+    if data is None:
+        raise CalibrationError("this step needs data: pass data= (an iterable of batches)")
+    out = list(_inputs(data, transform_fn, max_samples))
     if not out:
         raise CalibrationError("calibration data is empty; pass at least one non-empty batch")
     return out
@@ -132,23 +137,11 @@ def calibrate(
     """
     if data is None:
         raise CalibrationError("calibration needs data: pass data= (an iterable of batches), or a dynamic activation spec")
-    tf = transform_fn or _default_transform
     seen = 0
     with calibrating(model):
-        for i, batch in enumerate(track(iter_batches(data), "calibrating")):
-            x = tf(batch)
-            if not isinstance(x, torch.Tensor):
-                raise CalibrationError(f"transform_fn returned {type(x).__name__}, expected a tensor")
-            if max_samples is not None and seen + x.shape[0] > max_samples:
-                x = x[: max_samples - seen]
-            if x.numel() == 0:
-                continue
-            if x.is_floating_point() and not torch.isfinite(x).all():
-                raise CalibrationError(f"calibration batch {i} holds NaN/Inf values; clean the data before calibrating")
+        for x in _inputs(data, transform_fn, max_samples, "calibrating"):
             model(x)
             seen += x.shape[0]
-            if max_samples is not None and seen >= max_samples:
-                break
         if seen == 0:
             raise CalibrationError("calibration data is empty; pass at least one non-empty batch")
     return seen
