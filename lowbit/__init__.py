@@ -2,8 +2,8 @@
 
 Example:
     >>> import lowbit
-    >>> sorted(lowbit.list_recipes())[:3]
-    ['w2a8', 'w4-weight-only', 'w4a4']
+    >>> [r for r in sorted(lowbit.list_recipes()) if r.startswith("w8a8")]
+    ['w8a8', 'w8a8-dynamic', 'w8a8-per-tensor']
 """
 
 from .algorithms.aciq import ACIQConfig as ACIQConfig

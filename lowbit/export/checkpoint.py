@@ -216,8 +216,9 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         path: the file written by :func:`save`.
         model: float skeleton of the architecture; default: rebuilt from the manifest's model spec.
     """
-    from ..algorithms.ptq import PTQConfig
+    from ..algorithms.ptq import PTQConfig, quantize_ptq
     from ..api import quantize_
+    from ..recipes import _config_classes
     from ..zoo.resolve import load_model_spec
 
     manifest, tensors = _read(Path(path))
@@ -225,8 +226,21 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         if not manifest.get("model"):
             raise ConfigError(f"{path} records no model spec; pass model=<float nn.Module of the same architecture>")
         model = load_model_spec(manifest["model"], pretrained=False)
-    config = PTQConfig.from_dict(manifest["config"])
-    model = quantize_(model, config, calibrate=False)
+    kind = manifest["config"].get("kind", "ptq")
+    classes = _config_classes()
+    if kind not in classes or not issubclass(classes[kind], PTQConfig):
+        raise CheckpointError(f"{path}: config kind {kind!r} is not known to this lowbit (known: {sorted(classes)})")
+    config = classes[kind].from_dict(manifest["config"])
+    if type(config) is PTQConfig:
+        model = quantize_(model, config, calibrate=False)
+    else:  # only the structure of algorithms built on PTQ: weights and qparams come from the file
+        if getattr(config, "relu6_to_relu", False):
+            from ..algorithms.dfq.handler import _relu6_to_relu
+
+            _relu6_to_relu(model)
+        model, info = quantize_ptq(model, config)
+        info["config"] = config.to_dict()
+        model.lowbit_info = info
     mods = dict(model.named_modules())
     with torch.no_grad():
         float_state = {k[2:]: v for k, v in tensors.items() if k.startswith("F/")}

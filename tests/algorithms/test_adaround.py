@@ -19,6 +19,7 @@ from lowbit.zoo import load_model
 
 RECIPES = Path(lowbit.__file__).parent / "recipes"
 W4 = lowbit.QuantSpec(format=lowbit.IntFormat(bits=4), granularity=lowbit.PerChannel(axis=0), observer="mse")
+W2 = lowbit.QuantSpec(format=lowbit.IntFormat(bits=2), granularity=lowbit.PerChannel(axis=0), observer="mse")
 A8 = lowbit.QuantSpec(format=lowbit.IntFormat(bits=8, signed=False), mapping=lowbit.Affine(), observer="mse")
 
 
@@ -27,16 +28,16 @@ def _weight_layers(model):
 
 
 @pytest.fixture(scope="module")
-def mlp_w4a8(fmnist_calib):
-    """(float model, AdaRounded W4A8 model) on the zoo MLP."""
+def mlp_w2a8(fmnist_calib):
+    """(float model, AdaRounded W2A8 model) on the zoo MLP: 2-bit weights, where nearest rounding hurts."""
     float_model = load_model("fmnist-mlp")
-    cfg = AdaRoundConfig(weight=W4, activation=A8, iters=150)
+    cfg = AdaRoundConfig(weight=W2, activation=A8, iters=150)
     return float_model, lowbit.quantize_(copy.deepcopy(float_model), cfg, data=fmnist_calib)
 
 
 # ---------------------------------------------------------------- quality
-def test_layer_reconstruction_beats_nearest_rounding(mlp_w4a8):
-    _, q = mlp_w4a8
+def test_layer_reconstruction_beats_nearest_rounding(mlp_w2a8):
+    _, q = mlp_w2a8
     per_layer = q.lowbit_info["adaround"]
     assert sorted(per_layer) == ["fc1", "fc2"]
     assert per_layer["fc1"]["activation"] == "ReLU" and per_layer["fc2"]["activation"] is None  # fc1 feeds a ReLU
@@ -47,15 +48,16 @@ def test_layer_reconstruction_beats_nearest_rounding(mlp_w4a8):
     assert q.lowbit_info["adaround_seconds"] > 0
 
 
-def test_accuracy_not_below_nearest_rounding(mlp_w4a8, fmnist_calib, fmnist_small_test):
-    float_model, q = mlp_w4a8
-    plain = lowbit.quantize_(copy.deepcopy(float_model), lowbit.PTQConfig(weight=W4, activation=A8), data=fmnist_calib)
-    assert lowbit.evaluate(q, fmnist_small_test) >= lowbit.evaluate(plain, fmnist_small_test) - 0.2
+def test_accuracy_above_nearest_rounding(mlp_w2a8, fmnist_calib, fmnist_small_test):
+    float_model, q = mlp_w2a8
+    plain = lowbit.quantize_(copy.deepcopy(float_model), lowbit.PTQConfig(weight=W2, activation=A8), data=fmnist_calib)
+    # measured: 85.6 % vs 83.6 % (float 89.2 %) on these 2000 test images
+    assert lowbit.evaluate(q, fmnist_small_test) >= lowbit.evaluate(plain, fmnist_small_test) + 1.0
 
 
 # ---------------------------------------------------------------- invariants
-def test_weights_on_grid_within_one_step_of_nearest(mlp_w4a8):
-    float_model, q = mlp_w4a8
+def test_weights_on_grid_within_one_step_of_nearest(mlp_w2a8):
+    float_model, q = mlp_w2a8
     for name, layer in _weight_layers(q).items():
         wq = layer.weight_quant
         fmt, gran = wq.spec.format, wq.spec.granularity
@@ -71,8 +73,8 @@ def test_weights_on_grid_within_one_step_of_nearest(mlp_w4a8):
         assert int((codes - nearest).abs().max()) == 1  # some weights rounded the other way, none further
 
 
-def test_pinned_qparams_reproduce_the_codes(mlp_w4a8):
-    _, q = mlp_w4a8
+def test_pinned_qparams_reproduce_the_codes(mlp_w2a8):
+    _, q = mlp_w2a8
     for layer in _weight_layers(q).values():
         wq = layer.weight_quant
         pinned = (wq.scale.clone(), wq.zero_point.clone())
@@ -83,8 +85,8 @@ def test_pinned_qparams_reproduce_the_codes(mlp_w4a8):
         assert torch.equal(fake_quantize(layer.weight.detach(), scale, zp, wq.spec.format, wq.spec.granularity), layer.weight.detach())
 
 
-def test_integer_program_sees_adarounded_weights(mlp_w4a8, fmnist_small_test):
-    _, q = mlp_w4a8
+def test_integer_program_sees_adarounded_weights(mlp_w2a8, fmnist_small_test):
+    _, q = mlp_w2a8
     x = fmnist_small_test.images[:200]
     with torch.no_grad():
         fq = q(x)
@@ -92,11 +94,11 @@ def test_integer_program_sees_adarounded_weights(mlp_w4a8, fmnist_small_test):
     assert (integer_exact(q)(x).argmax(1) == fq.argmax(1)).float().mean() >= 0.99
 
 
-def test_onnx_export_carries_adarounded_codes(mlp_w4a8, fmnist_small_test, tmp_path):
+def test_onnx_export_carries_adarounded_codes(mlp_w2a8, fmnist_small_test, tmp_path):
     pytest.importorskip("onnxruntime")
     from lowbit.runtime import OrtModel
 
-    _, q = mlp_w4a8
+    _, q = mlp_w2a8
     x = fmnist_small_test.images[:500]
     lowbit.export_onnx(q, x[:1], tmp_path / "m.onnx")
     with torch.no_grad():
@@ -104,9 +106,8 @@ def test_onnx_export_carries_adarounded_codes(mlp_w4a8, fmnist_small_test, tmp_p
     assert (OrtModel(tmp_path / "m.onnx")(x).argmax(1) == ref.argmax(1)).float().mean() >= 0.99
 
 
-@pytest.mark.xfail(strict=True, reason="lowbit.load rebuilds every config with PTQConfig.from_dict (export/checkpoint.py); kind 'adaround' is refused")
-def test_packed_checkpoint_round_trip(mlp_w4a8, tmp_path):
-    _, q = mlp_w4a8
+def test_packed_checkpoint_round_trip(mlp_w2a8, tmp_path):
+    _, q = mlp_w2a8
     lowbit.save(q, tmp_path / "m.lowbit")
     loaded = lowbit.load(tmp_path / "m.lowbit", model=load_model("fmnist-mlp", pretrained=False))
     for name, layer in _weight_layers(q).items():
@@ -173,8 +174,8 @@ def test_rectified_sigmoid_and_regularizer():
     assert float(rounding_regularizer(torch.tensor([0.5, 0.5]), 20.0)) == 2.0
 
 
-def test_quantizers_bypassed_gives_float_and_restores_on_error(mlp_w4a8):
-    float_model, q = mlp_w4a8
+def test_quantizers_bypassed_gives_float_and_restores_on_error(mlp_w2a8):
+    float_model, q = mlp_w2a8
     x = torch.randn(4, 1, 28, 28)
     quantized = q(x)
     with pytest.raises(RuntimeError, match="boom"), quantizers_bypassed(q):

@@ -168,6 +168,20 @@ def test_mlp_layer_schedule_trains_the_last_layer_only():
     assert [s["quantized"] for s in q2.lowbit_info["iterative"]["steps"]] == [["fc1", "fc2"]]
 
 
+@pytest.mark.parametrize("recalibrate", [True, False])
+def test_recalibration_re_observes_only_the_quantizers_not_yet_enabled(recalibrate):
+    torch.manual_seed(0)
+    data = [torch.randn(64, 1, 28, 28)]
+    base = lowbit.PTQConfig(activation=lowbit.load_recipe("w4a4").activation)
+    ptq = lowbit.quantize_(load_model("fmnist-mlp"), base, data=data)
+    cfg = IterativeConfig(granularity="layer", epochs_per_step=1, recalibrate=recalibrate, activation=base.activation)
+    q = lowbit.quantize_(load_model("fmnist-mlp"), cfg, data=data)
+    # fc1 is enabled first: its input range is the one from the initial calibration
+    assert torch.equal(q.fc1.input_quant.scale, ptq.fc1.input_quant.scale)
+    # fc2's input now comes from the quantized fc1: observed again, or kept
+    assert torch.equal(q.fc2.input_quant.scale, ptq.fc2.input_quant.scale) is not recalibrate
+
+
 def test_model_with_tuple_output_is_rejected():
     class Pair(torch.nn.Module):
         def __init__(self):

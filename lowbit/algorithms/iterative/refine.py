@@ -276,14 +276,15 @@ class _Network:
         if split is None:
             return
         prefix, suffix = split
+        starts = range(0, self.n, _EVAL_BATCH)
         with torch.no_grad():
-            parts = [prefix(x[i : i + _EVAL_BATCH]) for i in range(0, self.n, _EVAL_BATCH)]
-        first = parts[0]
-        rows = min(_EVAL_BATCH, self.n)
-        if not all(isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape[0] == rows for v in first):
-            return  # a frozen value without a batch dimension (e.g. a shape): run the whole model
-        if sum(v.numel() * v.element_size() for v in first) * (self.n / rows) > _CACHE_BYTES:
-            return
+            first = prefix(x[:_EVAL_BATCH])
+            rows = min(_EVAL_BATCH, self.n)
+            if not all(isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape[0] == rows for v in first):
+                return  # a frozen value without a batch dimension (e.g. a shape): run the whole model
+            if sum(v.numel() * v.element_size() for v in first) * (self.n / rows) > _CACHE_BYTES:
+                return
+            parts = [first] + [prefix(x[i : i + _EVAL_BATCH]) for i in starts[1:]]
         self.cache = [torch.cat(vs) for vs in zip(*parts, strict=True)]
         self.suffix = suffix
 
