@@ -67,7 +67,7 @@ def distill_data(model: nn.Module, samples: int = 256, iters: int = 300, lr: flo
                     opt.step()
                     sched.step()
                     if start == 0:
-                        history.append(float(loss))
+                        history.append(float(loss.detach()))
                 out.append(x.detach())
     finally:
         for h in handles:
