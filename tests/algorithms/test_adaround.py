@@ -229,7 +229,8 @@ def test_yaml_numbers_are_floats_and_unknown_keys_rejected():
 def test_few_samples_warn_with_the_number(fmnist_calib):
     cfg = AdaRoundConfig(weight=W4, activation=None, iters=2)
     with pytest.warns(UserWarning, match="got 48 calibration samples, fewer than min_samples_warn=256"):
-        lowbit.quantize_(load_model("fmnist-mlp"), cfg, data=fmnist_calib.images[:48])
+        q = lowbit.quantize_(load_model("fmnist-mlp"), cfg, data=fmnist_calib.images[:48])
+    assert sorted(q.lowbit_info["adaround"]) == ["fc1", "fc2"]  # it warns, then still runs
 
 
 def test_no_weight_quantized_layer_is_an_error():
