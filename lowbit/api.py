@@ -25,6 +25,7 @@ from .algorithms.aciq import ACIQConfig, quantize_aciq
 from .algorithms.dfq import DFQConfig, empirical_bias_correction, quantize_dfq
 from .algorithms.ptq import PTQConfig, quantize_ptq
 from .algorithms.zeroq import ZeroQConfig, quantize_zeroq
+from .algorithms.zeroq.distill import finetune_zeroq
 from .config import Config
 from .errors import CalibrationError, ConfigError, UnsupportedError
 from .nn import ActQuant
@@ -67,6 +68,7 @@ register_handler(DFQConfig)(quantize_dfq)
 register_handler(ACIQConfig)(quantize_aciq)
 register_handler(ZeroQConfig)(quantize_zeroq)
 register_refiner(DFQConfig, when=lambda c: c.bias_correction == "empirical")(empirical_bias_correction)
+register_refiner(ZeroQConfig, when=lambda c: c.fine_tune_epochs > 0)(finetune_zeroq)
 
 
 def _inputs(data: Any, transform_fn: Callable[[Any], torch.Tensor] | None, max_samples: int | None, progress: str | None = None):
@@ -175,7 +177,13 @@ def quantize_(
         data: iterable of batches (tensors, ``(x, y)`` tuples, or a lowbit dataset); at most
             ``config.calib_size`` samples are used.
         transform_fn: extracts the model input from a batch.
-        calibrate: set False to calibrate later with ``with lowbit.calibrating(model): ...``.
+        calibrate: set False to calibrate later with ``with lowbit.calibrating(model): ...``
+            (only for configs without a refinement step: AdaRound, iterative, DFQ with empirical
+            bias correction and ZeroQ with fine-tuning raise ``ConfigError``).
+
+    Raises:
+        ConfigError: unknown config type, non-module model, ``calibrate=False`` with a refining config.
+        CalibrationError: the config needs data and none was given (or it is empty / NaN).
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -191,7 +199,15 @@ def quantize_(
     if refiner is not None and when is not None and not when(config):
         refiner = None
     needs_calib = any(not q.spec.dynamic and not q.calibrated for q in activation_quantizers(model))
+    if refiner is not None and not calibrate:
+        raise ConfigError(f"{type(config).__name__} (kind {config.kind}) refines the model on the calibration data inside "
+                          "quantize_, so calibrate=False would silently skip that step; pass data= and calibrate=True, "
+                          "or use kind: ptq to calibrate later")
     if calibrate and (needs_calib or refiner is not None):
+        if data is None:
+            why = [w for w, on in (("activation ranges", needs_calib), (f"its {config.kind} refinement", refiner is not None)) if on]
+            raise CalibrationError(f"{type(config).__name__} (kind {config.kind}) needs calibration data for {' and '.join(why)}: "
+                                   "pass data= (an iterable of batches, e.g. lowbit.data.load_fashion_mnist('train').subset(512))")
         inputs = collect_inputs(data, transform_fn=transform_fn, max_samples=getattr(config, "calib_size", None))
         if needs_calib:
             info["calibration_samples"] = _run_calibration(model, inputs)

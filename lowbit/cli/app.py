@@ -43,6 +43,12 @@ def guarded(fn):
     return wrapper
 
 
+def _with_calib_size(config, calib_size: int | None):
+    """The recipe's config with ``--calib-size`` applied only when the flag was given (the recipe's
+    own ``calib_size`` — e.g. 2048 for the iterative ones — wins otherwise)."""
+    return config if calib_size is None else config.replace(calib_size=calib_size)
+
+
 def _load_data(data_dir: str | None, calib_size: int):
     from ..data import load_fashion_mnist
 
@@ -77,7 +83,7 @@ def quantize(
     model: str = typer.Argument(..., help="zoo name (fmnist-resnet) or path/to/file.py:ClassOrFactory"),
     recipe: str = typer.Option("w8a8", "--recipe", "-r", help="recipe name (lowbit recipes) or a .yaml path"),
     weights: str | None = typer.Option(None, help="state_dict file (.safetensors or torch file, loaded weights_only)"),
-    calib_size: int = typer.Option(512, help="number of calibration images (from the training split)"),
+    calib_size: int | None = typer.Option(None, help="calibration images from the training split (default: the recipe's calib_size, usually 512)"),
     observer: str | None = typer.Option(None, help="override the activation observer (minmax, ema, percentile, mse, entropy, aciq)"),
     out: str | None = typer.Option(None, help="folder for report.{json,md,html} and the packed model.lowbit"),
     json_path: str | None = typer.Option(None, "--json", help="write the result JSON here"),
@@ -90,9 +96,9 @@ def quantize(
     from ..zoo.resolve import load_model_spec
 
     config = _apply_observer(load_recipe(recipe), observer)
-    config = config.replace(calib_size=calib_size)
+    config = _with_calib_size(config, calib_size)
     float_model = load_model_spec(model, weights)
-    calib, test = _load_data(data_dir, calib_size)
+    calib, test = _load_data(data_dir, config.calib_size)
     qmodel, result = quantize_and_measure(float_model, config, calib, test, recipe=Path(recipe).stem, model_name=model)
     _print_result(result)
     if json_path:
@@ -114,7 +120,7 @@ def export(
     fmt: str = typer.Option("onnx", "--format", help="onnx (int8 QDQ), onnx-fp32, onnx-fp16, onnx-bf16, or lowbit (packed)"),
     out: str = typer.Option(..., "--out", help="output file"),
     weights: str | None = typer.Option(None, help="state_dict file"),
-    calib_size: int = typer.Option(512, help="calibration images"),
+    calib_size: int | None = typer.Option(None, help="calibration images (default: the recipe's calib_size)"),
     opset: int = typer.Option(17, help="ONNX opset"),
     keep_float: list[str] = typer.Option([], "--keep-float", help="quantized layer to export in float (repeatable; see lowbit bench)"),
     data_dir: str | None = typer.Option(None, help="Fashion-MNIST folder"),
@@ -129,12 +135,12 @@ def export(
     if fmt not in formats:
         raise ConfigError(f"unknown --format {fmt!r}; use one of {list(formats)}")
     float_model = load_model_spec(model, weights)
-    calib, test = _load_data(data_dir, calib_size)
+    config = _with_calib_size(load_recipe(recipe), calib_size)
+    calib, test = _load_data(data_dir, config.calib_size)
     example = test.images[:1]
     if fmt.startswith("onnx-"):
         info = export_onnx(float_model, example, out, opset=opset, precision=fmt.split("-")[1])
     else:
-        config = load_recipe(recipe).replace(calib_size=calib_size)
         qmodel = quantize_(float_model, config, data=calib)
         if fmt == "onnx":
             info = export_onnx(qmodel, example, out, opset=opset, float_layers=keep_float)
@@ -266,7 +272,7 @@ def demo(
     model: str = typer.Option("fmnist-resnet", help="zoo name or path/to/file.py:ClassOrFactory"),
     recipes_: str = typer.Option("w8a8,w8a8-per-tensor,w4a8,w4-weight-only,w4a4", "--recipes", help="comma-separated recipes"),
     out: str = typer.Option("demo-report", help="output folder"),
-    calib_size: int = typer.Option(512),
+    calib_size: int | None = typer.Option(None, help="calibration images (default: each recipe's calib_size)"),
     data_dir: str | None = typer.Option(None),
 ) -> None:
     """Quantize MODEL with several recipes, print float vs each, write an HTML report."""
@@ -278,9 +284,9 @@ def demo(
     from ..zoo.resolve import load_model_spec
 
     names = [r.strip() for r in recipes_.split(",") if r.strip()]
-    configs = {n: load_recipe(n).replace(calib_size=calib_size) for n in names}  # validate all first
+    configs = {n: _with_calib_size(load_recipe(n), calib_size) for n in names}  # validate all first
     float_model = load_model_spec(model)
-    calib, test = _load_data(data_dir, calib_size)
+    calib, test = _load_data(data_dir, max(c.calib_size for c in configs.values()))  # each config takes its first calib_size
     fp32 = evaluate(float_model, test, progress="evaluating fp32")
     results = []
     for n, cfg in configs.items():

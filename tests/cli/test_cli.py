@@ -185,3 +185,13 @@ def test_bench_keeps_slow_layers_float(tmp_path):
 def test_bench_errors(args, needle):
     p = run("bench", "fmnist-resnet", *args)
     assert p.returncode == 2 and needle in p.stderr and p.stderr.strip().count("\n") == 0
+
+
+def test_recipe_calib_size_is_used_unless_the_flag_is_given(tmp_path):
+    recipe = tmp_path / "r96.yaml"
+    recipe.write_text("kind: ptq\nweight: {bits: 8, granularity: per_channel}\nactivation: {bits: 8, signed: false, mapping: affine}\ncalib_size: 96\n")
+    for flag, expected in (([], 96), (["--calib-size", "40"], 40)):
+        js = tmp_path / f"{expected}.json"
+        p = run("quantize", "fmnist-mlp", "--recipe", str(recipe), *flag, "--json", str(js))
+        assert p.returncode == 0, p.stderr
+        assert json.loads(js.read_text())["calibration_samples"] == expected

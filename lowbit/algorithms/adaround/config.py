@@ -73,6 +73,9 @@ class AdaRoundConfig(PTQConfig):
         super().__post_init__()
         if self.weight is None:
             raise ConfigError("AdaRoundConfig needs a weight quantizer (weight is None); AdaRound learns how weights are rounded")
+        if self.weight.rounding != "nearest_even" or self.weight.dynamic:
+            raise ConfigError(f"AdaRound learns the rounding of every weight, so the weight spec's rounding must be the default "
+                              f"nearest_even and static (got rounding {self.weight.rounding!r}, dynamic {self.weight.dynamic})")
         if not _is_int(self.iters) or self.iters < 1:
             raise ConfigError(f"iters must be a positive integer (optimization steps per layer), got {self.iters!r}")
         if not _is_real(self.lr) or self.lr <= 0:

@@ -7,6 +7,7 @@ from ...api import register_handler, register_refiner
 from ..ptq import quantize_ptq
 from .config import IterativeConfig as IterativeConfig
 from .refine import build_schedule as build_schedule
+from .refine import finetune_to_float as finetune_to_float
 from .refine import quantizers_disabled as quantizers_disabled
 from .refine import refine_iterative as refine_iterative
 

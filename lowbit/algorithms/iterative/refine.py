@@ -75,6 +75,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -86,12 +87,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..._progress import track
-from ...errors import CalibrationError, UnsupportedError
+from ...errors import CalibrationError, ConfigError, UnsupportedError
 from ...nn import ActQuant, QuantAdd
 from ...nn.layers import is_quant_module
 from ...nn.quantizers import WeightQuant
 from ...transform.graph import trace
-from .config import IterativeConfig
+from .config import OPTIMIZERS, IterativeConfig
 
 _EVAL_BATCH = 256
 _CACHE_BYTES = 1 << 30  # largest frozen-prefix output kept in memory (else the whole model runs every batch)
@@ -321,21 +322,22 @@ def _recalibrate(net: _Network, quantizers: list[nn.Module]) -> None:
         q.finish_observing()
 
 
-def _make_optimizer(params: list[nn.Parameter], config: IterativeConfig) -> torch.optim.Optimizer:
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=0.9)
-    return torch.optim.Adam(params, lr=config.lr)
+def _make_optimizer(params: list[nn.Parameter], optimizer: str, lr: float) -> torch.optim.Optimizer:
+    if optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    return torch.optim.Adam(params, lr=lr)
 
 
-def _train(net: _Network, layers: list[nn.Module], y: torch.Tensor, config: IterativeConfig, epochs: int, seed: int, cosine: bool = False) -> list[float]:
+def _train(net: _Network, layers: list[nn.Module], y: torch.Tensor, config: IterativeConfig | _Schedule, epochs: int, seed: int,
+           cosine: bool = False) -> list[float]:
     """``epochs`` passes of minibatch training of ``layers``' own parameters on ``mse(net(x), y)``
-    (learning rate constant, or decaying along a half cosine); returns the mean loss of each epoch."""
+    (learning rate ``config.lr`` constant, or decaying along a half cosine); returns the mean loss of each epoch."""
     params = [p for m in layers for p in m.parameters(recurse=False)]
     if not params or epochs == 0:
         return []
     for p in params:
         p.requires_grad_(True)
-    opt = _make_optimizer(params, config)
+    opt = _make_optimizer(params, config.optimizer, config.lr)
     total_steps = epochs * -(-net.n // config.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps) if cosine else None
     g = torch.Generator().manual_seed(seed)
@@ -359,6 +361,66 @@ def _train(net: _Network, layers: list[nn.Module], y: torch.Tensor, config: Iter
         for p in params:
             p.requires_grad_(False)
     return history
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    lr: float
+    batch_size: int
+    optimizer: str = "adam"
+
+
+def finetune_to_float(model: nn.Module, inputs: Iterable[torch.Tensor], *, epochs: int, lr: float = 1e-4,
+                      batch_size: int = 64, optimizer: str = "adam", seed: int = 0) -> dict:
+    """Distillation fine-tuning of a quantized model toward its own float outputs, on unlabeled inputs.
+
+    With ``f`` the model with every quantizer pass-through and ``q`` the quantized model
+    (straight-through gradients through the fake-quantizers), trains the weights and biases of the
+    quantized layers on ``L = mean_x ||q(x) - f(x)||^2 / C`` for ``epochs`` passes, learning rate
+    decaying from ``lr`` along a half cosine; activation ranges stay frozen. This is the
+    ``final_epochs`` phase of iterative adaptation, usable on its own (ZeroQ's optional
+    fine-tuning on distilled inputs uses it).
+
+    Returns ``{"loss": per-epoch mean loss, "mse_before": ..., "mse": ..., "seconds": ...}``.
+
+    Example:
+        >>> import torch, lowbit
+        >>> from lowbit.zoo.models import FmnistMLP
+        >>> torch.manual_seed(0) and None
+        >>> x = torch.randn(64, 1, 28, 28)
+        >>> q = lowbit.quantize_(FmnistMLP().eval(), lowbit.load_recipe("w4a8"), data=[x])
+        >>> r = finetune_to_float(q, [x], epochs=2, lr=1e-5, batch_size=16)
+        >>> r["mse"] <= r["mse_before"], len(r["loss"])
+        (True, 2)
+    """
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
+    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"lr must be a positive finite number, got {lr!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ConfigError(f"optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
+    layers = [m for m in model.modules() if isinstance(getattr(m, "weight_quant", None), nn.Module)]
+    if not layers:
+        raise ConfigError("finetune_to_float found no quantized layer (quantize the model first)")
+    t0 = time.perf_counter()
+    x = torch.cat([t.detach() for t in inputs])
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.train(False)
+        for p, _ in flags:
+            p.requires_grad_(False)
+        net = _Network(model, x)
+        with quantizers_disabled(model):
+            y = net.outputs()
+        before = float(F.mse_loss(net.outputs(), y))
+        loss = _train(net, layers, y, _Schedule(float(lr), batch_size, optimizer), epochs, seed, cosine=True)
+        after = float(F.mse_loss(net.outputs(), y))
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+    return {"loss": loss, "mse_before": before, "mse": after, "seconds": time.perf_counter() - t0}
 
 
 def refine_iterative(model: nn.Module, config: IterativeConfig, inputs: list[torch.Tensor]) -> dict:

@@ -84,3 +84,13 @@ def quantize_zeroq(model: nn.Module, config: ZeroQConfig) -> tuple[nn.Module, di
     model, info = quantize_ptq(model, config)
     info.update(synthetic_data=x, distill={"samples": len(x), "loss_first": history[0], "loss_last": history[-1], "seconds": seconds})
     return model, info
+
+
+def finetune_zeroq(model: nn.Module, config: ZeroQConfig, inputs: list[torch.Tensor]) -> dict:
+    """Refiner (when ``fine_tune_epochs > 0``): distillation fine-tuning on the calibration inputs
+    (the distilled ones when no real data was given) toward the float model's outputs."""
+    from ..iterative import finetune_to_float
+
+    r = finetune_to_float(model, inputs, epochs=config.fine_tune_epochs, lr=config.fine_tune_lr,
+                          batch_size=config.batch_size, seed=config.seed)
+    return {"fine_tune": r}
