@@ -79,4 +79,7 @@ __version__ = "0.1.0"
 
 # algorithms that register themselves with quantize_ on import (after .api exists)
 from .algorithms.adaround import AdaRoundConfig as AdaRoundConfig  # noqa: E402
+from .algorithms.distill import distillation_loss as distillation_loss  # noqa: E402
 from .algorithms.iterative import IterativeConfig as IterativeConfig  # noqa: E402
+from .algorithms.qat import QATConfig as QATConfig  # noqa: E402
+from .algorithms.qat import train as train  # noqa: E402

@@ -211,6 +211,75 @@ def bench(
         atomic_write_text(json_path, json.dumps(r, indent=1, default=float) + "\n")
 
 
+@app.command()
+@guarded
+def qat(
+    model: str = typer.Argument(..., help="zoo name or path/to/file.py:ClassOrFactory"),
+    recipe: str = typer.Option("qat-w4a4-lsq", "--recipe", "-r", help="a kind: qat recipe (lowbit recipes) or .yaml path"),
+    epochs: int | None = typer.Option(None, help="training epochs (default: the recipe's)"),
+    lr: float | None = typer.Option(None, help="learning rate (default: the recipe's)"),
+    batch_size: int | None = typer.Option(None, help="minibatch size (default: the recipe's)"),
+    train_size: int | None = typer.Option(None, help="training images drawn from the training split (default: the recipe's, else all)"),
+    distill: bool | None = typer.Option(None, "--distill/--no-distill", help="learn from the float model's soft targets too"),
+    checkpoint: str | None = typer.Option(None, help="checkpoint file written after every epoch; an existing one is resumed"),
+    weights: str | None = typer.Option(None, help="state_dict file"),
+    calib_size: int | None = typer.Option(None, help="calibration images that initialize the grids (default: the recipe's)"),
+    out: str | None = typer.Option(None, help="write the converted model here (packed .lowbit)"),
+    json_path: str | None = typer.Option(None, "--json", help="write the result JSON here"),
+    data_dir: str | None = typer.Option(None, help="Fashion-MNIST folder"),
+) -> None:
+    """Quantization-aware training: prepare MODEL with a QAT recipe, train, convert, evaluate on the 10k test set."""
+    import copy
+
+    from ..algorithms.qat import QATConfig, train
+    from ..api import evaluate, quantize_
+    from ..data import load_fashion_mnist
+    from ..io import atomic_write_text
+    from ..recipes import load_recipe
+    from ..zoo.resolve import load_model_spec
+
+    config = load_recipe(recipe)
+    if not isinstance(config, QATConfig):
+        raise ConfigError(f"recipe {recipe!r} is kind {config.kind}; lowbit qat needs a kind: qat recipe (see lowbit recipes)")
+    changes = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size), ("train_size", train_size),
+                                 ("distill", distill)) if v is not None}
+    config = _with_calib_size(config.replace(**changes), calib_size)
+    float_model = load_model_spec(model, weights).eval()
+    calib, test = _load_data(data_dir, config.calib_size)
+    train_set = load_fashion_mnist("train", data_dir)
+    if config.train_size is not None:
+        train_set = train_set.subset(config.train_size, seed=config.seed + 1)
+    fp32 = evaluate(float_model, test, progress="evaluating fp32")
+    prepared = quantize_(copy.deepcopy(float_model), config, data=calib)
+    ptq_acc = evaluate(prepared, test, progress="evaluating the initial grids")
+    run_info = train(prepared, train_set, epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
+                     optimizer=config.optimizer, weight_decay=config.weight_decay,
+                     teacher=float_model if config.distill else None, temperature=config.temperature,
+                     distill_weight=config.distill_weight, checkpoint=checkpoint, seed=config.seed,
+                     fingerprint={"model": model, "recipe": config.to_dict()})
+    qmodel = quantize_(prepared, config.replace(step="convert"))
+    acc = evaluate(qmodel, test, progress="evaluating")
+    result = {"model": model, "recipe": Path(recipe).stem, "fp32_accuracy": fp32, "initial_accuracy": ptq_acc,
+              "quantized_accuracy": acc, "accuracy_drop_pp": fp32 - acc, "train_images": len(train_set),
+              "epochs": config.epochs, "distill": config.distill, "train_seconds": run_info["seconds"],
+              "resumed_from_epoch": run_info["resumed_from"], "history": run_info["history"], "config": config.to_dict(),
+              "qat": qmodel.lowbit_info.get("qat", {})}
+    from rich.table import Table
+
+    t = Table(title=f"{model} / {result['recipe']} ({config.epochs} epochs on {len(train_set)} images)")
+    for h in ("fp32 acc %", "initial grids %", "QAT acc %", "drop pp", "train s"):
+        t.add_column(h, justify="right")
+    t.add_row(f"{fp32:.2f}", f"{ptq_acc:.2f}", f"{acc:.2f}", f"{fp32 - acc:+.2f}", f"{run_info['seconds']:.0f}")
+    _console().print(t)
+    if json_path:
+        atomic_write_text(json_path, json.dumps(result, indent=1, default=float) + "\n")
+    if out:
+        from ..export import save
+
+        save(qmodel, out, model_spec=model)
+        typer.echo(f"converted model: {out}")
+
+
 @app.command("eval")
 @guarded
 def eval_cmd(

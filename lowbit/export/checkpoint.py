@@ -45,9 +45,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..config import QuantSpec
 from ..errors import CalibrationError, ConfigError, LowbitError, UnsupportedError
 from ..io import atomic_write_bytes
-from ..nn import ActQuant
+from ..nn import ActQuant, WeightQuant
 from ..nn.layers import is_quant_module
 from ..quant import dequantize, quantize
 from .bitpack import pack_bits, unpack_bits
@@ -113,7 +114,7 @@ def save(model: nn.Module, path: str | Path, *, model_spec: str | None = None) -
         fmt = wq.spec.format
         scale, zp = wq.qparams(m.weight)
         q = quantize(m.weight.detach(), scale, zp, fmt, wq.spec.granularity)
-        entry: dict = {"shape": list(m.weight.shape), "bits": fmt.bits}
+        entry: dict = {"shape": list(m.weight.shape), "bits": fmt.bits, "spec": wq.spec.to_dict()}
         if fmt.bits <= 8:
             entry["codes"] = put("codes", codes, pack_bits(q, fmt.bits, fmt.qmin))
         else:
@@ -269,6 +270,10 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
             if m is None or not is_quant_module(m) or m.weight_quant is None:
                 raise CheckpointError(f"{path}: layer {name} is not a quantized layer of this model")
             wq = m.weight_quant
+            if "spec" in entry:  # the layer's own grid (e.g. QAT-learned DoReFa: bits + 1, per tensor) wins over the config's
+                spec = QuantSpec.from_dict(entry["spec"], f"{path}: layer {name}")
+                if spec != wq.spec:
+                    wq = m.weight_quant = WeightQuant(spec)
             fmt = wq.spec.format
             shape = torch.Size(entry["shape"])
             if shape != m.weight.shape or entry["bits"] != fmt.bits:

@@ -1,4 +1,4 @@
-"""Runtimes: ONNX Runtime and OpenVINO (exported models), and lowbit's integer-only reference engine."""
+"""Runtimes: ONNX Runtime and OpenVINO (exported models), lowbit's integer-only reference engine, XNOR-popcount binary kernels."""
 
 from .cpu import CpuFeatures as CpuFeatures
 from .cpu import cpu_features as cpu_features
@@ -10,3 +10,10 @@ from .openvino import OpenVINOModel as OpenVINOModel
 from .openvino import openvino_available as openvino_available
 from .ort import OrtModel as OrtModel
 from .ort import ort_available as ort_available
+from .xnor import binary_conv2d as binary_conv2d
+from .xnor import binary_linear as binary_linear
+from .xnor import pack_conv_weight as pack_conv_weight
+from .xnor import pack_signs as pack_signs
+from .xnor import unpack_signs as unpack_signs
+from .xnor import xnor_backend as xnor_backend
+from .xnor import xnor_matmul as xnor_matmul

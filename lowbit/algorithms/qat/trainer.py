@@ -1,0 +1,243 @@
+"""``lowbit.train``: the small trainer for QAT (and any fine-tuning of a lowbit model).
+
+Per minibatch: ``loss = CE(model(x), y)`` — or :func:`~lowbit.algorithms.distill.distillation_loss`
+against ``teacher(x)`` — plus every trainable quantizer's regularization (PACT's ``alpha^2``
+decay); one optimizer step; the learning rate follows a half cosine per step,
+``lr_t = lr (1 + cos(pi t / T)) / 2`` over all ``T`` steps; quantizers that follow the schedule
+(DSQ) get the progress ``t / T``. Weight decay applies to layer weights only, never to biases or
+quantizer parameters.
+
+Checkpoint / resume: with ``checkpoint=path`` the model, optimizer, scheduler, epoch and history
+are written atomically after every epoch (``torch.save`` of tensors and plain values; read back
+with ``weights_only=True``). A later call with the same path resumes after the last finished
+epoch, so an interrupted run loses only the epoch in progress; shuffling depends on
+``(seed, epoch)`` only, so a resumed run sees the same batches as an uninterrupted one. A
+checkpoint of another model or recipe is refused (its fingerprint — parameter names and shapes
+plus the caller's ``fingerprint`` dict — must match).
+
+Example:
+    >>> import torch, lowbit
+    >>> from lowbit.zoo.models import FmnistMLP
+    >>> torch.manual_seed(0) and None
+    >>> x, y = torch.randn(256, 1, 28, 28), torch.randint(0, 10, (256,))
+    >>> cfg = lowbit.QATConfig.wrap(lowbit.load_recipe("w4a8"), epochs=2, lr=1e-3)
+    >>> q = lowbit.quantize_(FmnistMLP(), cfg, data=[x])
+    >>> r = lowbit.train(q, (x, y), epochs=2, lr=1e-3, batch_size=64)
+    >>> [h["epoch"] for h in r["history"]], r["history"][1]["loss"] < r["history"][0]["loss"]
+    ([1, 2], True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..._progress import track
+from ...errors import CalibrationError, ConfigError
+from ...export.checkpoint import CheckpointError
+from ...nn.learned import LearnedQuant
+from ..distill import distillation_loss
+
+FORMAT = "lowbit-train-checkpoint"
+VERSION = 1
+
+
+def _batches(data: Any, batch_size: int, seed: int, epoch: int) -> tuple[Iterable, int]:
+    """Minibatches of one epoch and their count: a lowbit ``TensorDataset`` or an ``(inputs, labels)``
+    tensor pair is shuffled with a generator seeded by ``(seed, epoch)``; any other sized iterable of
+    batches is iterated as it is (it shuffles itself, e.g. a DataLoader)."""
+    if hasattr(data, "images") and hasattr(data, "labels"):
+        data = (data.images, data.labels)
+    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        x, y = data
+        if x.shape[0] != y.shape[0]:
+            raise ConfigError(f"inputs and labels differ in length: {x.shape[0]} vs {y.shape[0]}")
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        perm = torch.randperm(x.shape[0], generator=g)
+        n = -(-x.shape[0] // batch_size)
+        return ((x[perm[i : i + batch_size]], y[perm[i : i + batch_size]]) for i in range(0, x.shape[0], batch_size)), n
+    if isinstance(data, torch.Tensor):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        perm = torch.randperm(data.shape[0], generator=g)
+        return (data[perm[i : i + batch_size]] for i in range(0, data.shape[0], batch_size)), -(-data.shape[0] // batch_size)
+    try:
+        return data, len(data)
+    except TypeError:
+        raise ConfigError(f"training data must be a lowbit TensorDataset, an (inputs, labels) pair of tensors, or a sized "
+                          f"iterable of batches (e.g. a DataLoader); got {type(data).__name__}") from None
+
+
+def _split(batch: Any, transform_fn: Callable | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if transform_fn is not None:
+        batch = transform_fn(batch)
+    if isinstance(batch, list | tuple):
+        return batch[0], (batch[1] if len(batch) > 1 else None)
+    return batch, None
+
+
+def _fingerprint(model: nn.Module, extra: dict | None) -> dict:
+    shapes = sorted((k, list(v.shape)) for k, v in model.state_dict().items())
+    digest = hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:16]
+    return {"structure": digest, **(extra or {})}
+
+
+def _save(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load(path: Path, fingerprint: dict) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is one error for the user
+        raise CheckpointError(f"cannot read training checkpoint {path}: {type(e).__name__}: {e}; delete it to start over") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a lowbit training checkpoint; pass another --checkpoint path")
+    if state.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path} was written by a newer lowbit (version {state['version']} > {VERSION})")
+    theirs = state.get("fingerprint", {})
+    diff = sorted(k for k in set(theirs) | set(fingerprint) if theirs.get(k) != fingerprint.get(k))
+    if diff:
+        detail = "; ".join(f"{k}: checkpoint {_short(theirs.get(k))} vs this run {_short(fingerprint.get(k))}" for k in diff)
+        raise CheckpointError(f"{path} belongs to another model or recipe ({detail}); use another checkpoint path or delete it")
+    return state
+
+
+def _short(v: Any) -> str:
+    s = json.dumps(v, default=str, sort_keys=True)
+    return s if len(s) <= 80 else s[:77] + "..."
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, data: Any) -> float:
+    from ...api import evaluate
+
+    return evaluate(model, data)
+
+
+def train(
+    model: nn.Module,
+    data: Any,
+    *,
+    epochs: int = 3,
+    lr: float = 1e-4,
+    batch_size: int = 128,
+    optimizer: str = "adam",
+    weight_decay: float = 0.0,
+    teacher: nn.Module | None = None,
+    temperature: float = 4.0,
+    distill_weight: float = 0.9,
+    val_data: Any = None,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = True,
+    fingerprint: dict | None = None,
+    seed: int = 0,
+    transform_fn: Callable[[Any], Any] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train ``model`` in place (see the module docstring). Returns ``{"history": [...], "seconds": s,
+    "resumed_from": epoch or None}``; each history entry has ``epoch, loss, lr, seconds`` and
+    ``val_accuracy`` when ``val_data`` is given.
+
+    Raises:
+        ConfigError: bad hyper-parameters, data of an unknown shape, batches without labels when the
+            loss needs them (no teacher, or ``distill_weight < 1``).
+        CheckpointError: ``checkpoint`` is unreadable or belongs to another model / recipe.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for name, v in (("epochs", epochs), ("batch_size", batch_size), ("seed", seed)):
+        if not isinstance(v, int) or isinstance(v, bool) or (name != "seed" and v < 1):
+            raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"lr must be a positive finite number, got {lr!r}")
+    if optimizer not in ("adam", "sgd"):
+        raise ConfigError(f"optimizer must be adam or sgd, got {optimizer!r}")
+    if not weight_decay >= 0:
+        raise ConfigError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("the model has no trainable parameter (every requires_grad is False)")
+    quant_params = {id(p) for m in model.modules() if isinstance(m, LearnedQuant) for p in m.parameters(recurse=False)}
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and id(p) not in quant_params and n.endswith("weight")]
+    rest = [p for p in params if all(p is not d for d in decay)]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    opt = (torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True) if optimizer == "sgd" else torch.optim.AdamW(groups, lr=lr)
+           if weight_decay else torch.optim.Adam(groups, lr=lr))
+    _, steps_per_epoch = _batches(data, batch_size, seed, 0)
+    total = max(1, steps_per_epoch * epochs)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total)))
+    learned = [m for m in model.modules() if isinstance(m, LearnedQuant)]
+    fp = _fingerprint(model, {**(fingerprint or {}), "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer})
+    path = Path(checkpoint) if checkpoint is not None else None
+    history: list[dict] = []
+    start, resumed = 0, None
+    if path is not None and resume and path.exists():
+        state = _load(path, fp)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        history, start = list(state["history"]), int(state["epoch"])
+        resumed = start
+    if teacher is not None:
+        teacher.eval()
+    t_all = time.perf_counter()
+    for epoch in range(start, epochs):
+        t0 = time.perf_counter()
+        model.train()
+        batches, n = _batches(data, batch_size, seed, epoch)
+        total_loss, seen = 0.0, 0
+        it = track(batches, f"epoch {epoch + 1}/{epochs}", total=n) if progress else batches
+        for batch in it:
+            x, y = _split(batch, transform_fn)
+            if not torch.isfinite(x).all():
+                raise CalibrationError("a training batch holds NaN/Inf values; clean the data first")
+            for m in learned:
+                m.set_progress(sched.last_epoch / total)
+            out = model(x)
+            if teacher is not None:
+                with torch.no_grad():
+                    t_out = teacher(x)
+                loss = distillation_loss(out, t_out, y, temperature=temperature, weight=distill_weight)
+            else:
+                if y is None:
+                    raise ConfigError("training without a teacher needs labels: give (inputs, labels) batches, "
+                                      "or a teacher (distillation) with distill_weight 1.0")
+                loss = F.cross_entropy(out, y)
+            regs = [r for m in learned if (r := m.regularization()) is not None]
+            if regs:
+                loss = loss + torch.stack(regs).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total_loss += float(loss.detach()) * x.shape[0]
+            seen += x.shape[0]
+        model.eval()
+        entry = {"epoch": epoch + 1, "loss": total_loss / max(1, seen), "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+        if val_data is not None:
+            entry["val_accuracy"] = _accuracy(model, val_data)
+        history.append(entry)
+        if path is not None:
+            _save(path, {"format": FORMAT, "version": VERSION, "fingerprint": fp, "epoch": epoch + 1, "history": history,
+                         "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
+    model.eval()
+    return {"history": history, "seconds": time.perf_counter() - t_all, "resumed_from": resumed}
