@@ -195,3 +195,29 @@ def test_recipe_calib_size_is_used_unless_the_flag_is_given(tmp_path):
         p = run("quantize", "fmnist-mlp", "--recipe", str(recipe), *flag, "--json", str(js))
         assert p.returncode == 0, p.stderr
         assert json.loads(js.read_text())["calibration_samples"] == expected
+
+
+def test_qat_trains_converts_and_resumes(tmp_path):
+    js, ck = tmp_path / "q.json", tmp_path / "run.ckpt"
+    args = ["qat", "fmnist-mlp", "--recipe", "qat-w4a4-lsq", "--epochs", "1", "--train-size", "512", "--calib-size", "64",
+            "--checkpoint", str(ck), "--json", str(js), "--out", str(tmp_path / "m.lowbit")]
+    p = run(*args)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(js.read_text())
+    assert r["train_images"] == 512 and len(r["history"]) == 1 and r["resumed_from_epoch"] is None
+    assert r["fp32_accuracy"] > 85 and r["quantized_accuracy"] > 70
+    assert (tmp_path / "m.lowbit").stat().st_size > 0 and ck.exists()
+    p = run(*args)  # the finished checkpoint is resumed: nothing left to train, same result
+    assert p.returncode == 0, p.stderr
+    r2 = json.loads(js.read_text())
+    assert r2["resumed_from_epoch"] == 1 and r2["quantized_accuracy"] == r["quantized_accuracy"]
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [(["qat", "fmnist-mlp", "--recipe", "w4a4"], "lowbit qat needs a kind: qat recipe"),
+     (["qat", "fmnist-mlp", "--epochs", "0"], "epochs must be an integer >= 1")],
+)
+def test_qat_errors(args, needle):
+    p = run(*args)
+    assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr
