@@ -122,7 +122,7 @@ def test_empty_calibration_data():
 
 
 def test_missing_calibration_data():
-    with pytest.raises(CalibrationError, match="needs data"):
+    with pytest.raises(CalibrationError, match="needs calibration data"):
         lowbit.quantize_(vgg_like(), lowbit.PTQConfig())
 
 

@@ -50,7 +50,8 @@ from ..errors import CalibrationError, ConfigError, LowbitError, UnsupportedErro
 from ..io import atomic_write_bytes
 from ..nn import ActQuant, WeightQuant
 from ..nn.layers import is_quant_module
-from ..quant import dequantize, quantize
+from ..nn.learned import CodebookQuant
+from ..quant import codebook_indices, dequantize, quantize
 from .bitpack import pack_bits, unpack_bits
 
 FORMAT_VERSION = 2  # 2: zlib-compressed manifest, float32 tensors concatenated; 1 is still read
@@ -112,10 +113,21 @@ def save(model: nn.Module, path: str | Path, *, model_spec: str | None = None) -
             continue
         wq = m.weight_quant
         fmt = wq.spec.format
+        if isinstance(wq, CodebookQuant):  # non-uniform values: indices into a float codebook
+            idx = codebook_indices(m.weight.detach(), wq.codebook)
+            layers[name] = {"shape": list(m.weight.shape), "bits": fmt.bits, "spec": wq.spec.to_dict(), "method": wq.method,
+                            "codebook": put("scales", scales, wq.codebook.float()), "codes": put("codes", codes, pack_bits(idx, fmt.bits, 0))}
+            weight_bits_total += m.weight.numel() * fmt.bits
+            covered.add(f"{name}.weight" if name else "weight")
+            continue
         scale, zp = wq.qparams(m.weight)
         q = quantize(m.weight.detach(), scale, zp, fmt, wq.spec.granularity)
         entry: dict = {"shape": list(m.weight.shape), "bits": fmt.bits, "spec": wq.spec.to_dict()}
-        if fmt.bits <= 8:
+        if fmt.bits == 2 and fmt.signed and bool(((q == 1) | (q == -1)).all()):  # binary weights: 1 bit each
+            entry["binary"] = True
+            entry["codes"] = put("codes", codes, pack_bits((q > 0).to(torch.int32), 1, 0))
+            weight_bits_total -= m.weight.numel()  # counted at 2 below
+        elif fmt.bits <= 8:
             entry["codes"] = put("codes", codes, pack_bits(q, fmt.bits, fmt.qmin))
         else:
             tensors[f"L/{name}/qweight"] = q.reshape(-1).to(torch.int16 if fmt.signed else torch.int32)
@@ -270,6 +282,19 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
             if m is None or not is_quant_module(m) or m.weight_quant is None:
                 raise CheckpointError(f"{path}: layer {name} is not a quantized layer of this model")
             wq = m.weight_quant
+            if "codebook" in entry:
+                spec = QuantSpec.from_dict(entry["spec"], f"{path}: layer {name}")
+                codebook = span("scales", entry["codebook"])
+                cq = CodebookQuant(spec, codebook, str(entry.get("method", "codebook")))
+                shape = torch.Size(entry["shape"])
+                if shape != m.weight.shape:
+                    raise CheckpointError(f"{path}: layer {name} has shape {tuple(shape)}, the model {tuple(m.weight.shape)}")
+                idx = unpack_bits(span("codes", entry["codes"]), cq.spec.format.bits, 0, math.prod(shape)).long()
+                if int(idx.max()) >= codebook.numel():
+                    raise CheckpointError(f"{path}: layer {name} indexes past its {codebook.numel()}-entry codebook")
+                m.weight.copy_(codebook[idx].reshape(shape))
+                m.weight_quant = cq
+                continue
             if "spec" in entry:  # the layer's own grid (e.g. QAT-learned DoReFa: bits + 1, per tensor) wins over the config's
                 spec = QuantSpec.from_dict(entry["spec"], f"{path}: layer {name}")
                 if spec != wq.spec:
@@ -279,7 +304,9 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
             if shape != m.weight.shape or entry["bits"] != fmt.bits:
                 raise CheckpointError(f"{path}: layer {name} ({entry['bits']}-bit {tuple(shape)}) does not match the model "
                                       f"({fmt.bits}-bit {tuple(m.weight.shape)})")
-            if fmt.bits <= 8:
+            if entry.get("binary"):
+                q = 2 * unpack_bits(span("codes", entry["codes"]), 1, 0, math.prod(shape)).to(torch.int32) - 1
+            elif fmt.bits <= 8:
                 q = unpack_bits(span("codes", entry["codes"]), fmt.bits, fmt.qmin, math.prod(shape))
             else:
                 q = tensors[f"L/{name}/qweight"].to(torch.int32)

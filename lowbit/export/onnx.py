@@ -39,7 +39,14 @@ MIN_OPSET = 13  # per-channel QuantizeLinear / DequantizeLinear
 
 def _check_exportable(model: nn.Module) -> list[nn.Module]:
     mods = [m for m in model.modules() if isinstance(m, ActQuant | WeightQuant)]
+    from ..nn.learned import CodebookQuant, LearnedQuant
+
     for name, m in model.named_modules():
+        if isinstance(m, CodebookQuant):
+            raise UnsupportedError(f"{name}: {m.method} codebook weights ({m.codebook.numel()} non-uniform values) have no ONNX "
+                                   "QDQ form; keep this model in lowbit's packed format (lowbit.save)")
+        if isinstance(m, LearnedQuant):
+            raise UnsupportedError(f"{name}: the model is QAT-prepared; convert it first: quantize_(model, cfg.replace(step='convert'))")
         if not isinstance(m, ActQuant | WeightQuant):
             continue
         spec = m.spec

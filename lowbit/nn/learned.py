@@ -282,5 +282,172 @@ class DoReFaActQuant(STEQuant):
     method = "dorefa"
 
 
-WEIGHT_METHODS = ("ste", "lsq", "dorefa", "dsq")
+# --------------------------------------------------------------------------- extreme / non-uniform weights
+# Binary and ternary weights (F15) and non-uniform grids (F4) as QAT weight quantizers; the math is
+# in lowbit.quant.binary / lowbit.quant.nonuniform. Binary and TWN grids are uniform (codes +-1 / 0,+-1
+# times alpha) and convert to a 2-bit integer grid; TTQ, power-of-two, ShiftCNN and k-means values are
+# not, and convert to a frozen codebook (CodebookQuant).
+
+
+class BinaryWeightQuant(LearnedQuant):
+    """BWN / XNOR-Net weights ``alpha sign(W)`` (``alpha = mean|W|`` per output channel) or, with
+    ``per_channel=False``, one ``alpha`` per layer (BNN-style sign weights kept at the layer's scale,
+    since BatchNorm is folded). Clipped STE (:func:`lowbit.quant.binarize_weight`)."""
+
+    method = "binary"
+
+    def __init__(self, spec: QuantSpec, per_channel: bool = True) -> None:
+        super().__init__(spec.replace(granularity="per_channel" if per_channel else "per_tensor", bits=2, signed=True,
+                                      mapping="symmetric", axis=0), torch.ones(()), torch.zeros((), dtype=torch.int32), is_weight=True)
+        self.axis = 0 if per_channel else None
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        from ..quant import binarize_weight
+
+        return binarize_weight(w, axis=self.axis)
+
+    def frozen_grid(self, x: torch.Tensor | None = None) -> tuple[QuantSpec, torch.Tensor, torch.Tensor]:
+        from ..quant import binary_scale
+
+        a = binary_scale(x.detach(), axis=self.axis).clamp_min(1e-12)
+        return self.spec.replace(rounding="nearest_even"), a, torch.zeros_like(a, dtype=torch.int32)
+
+
+class TernaryWeightQuant(LearnedQuant):
+    """TWN weights ``alpha t``, ``t in {-1, 0, 1}``, ``Delta = factor mean|W|`` per layer (:func:`lowbit.quant.ternarize_weight`)."""
+
+    method = "twn"
+
+    def __init__(self, spec: QuantSpec, factor: float = 0.7) -> None:
+        super().__init__(spec.replace(granularity="per_tensor", bits=2, signed=True, mapping="symmetric"), torch.ones(()),
+                         torch.zeros((), dtype=torch.int32), is_weight=True)
+        self.factor = float(factor)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        from ..quant import ternarize_weight, twn_threshold
+
+        return ternarize_weight(w, delta=twn_threshold(w.detach(), factor=self.factor))
+
+    def frozen_grid(self, x: torch.Tensor | None = None) -> tuple[QuantSpec, torch.Tensor, torch.Tensor]:
+        from ..quant import ternary_scale, twn_threshold
+
+        a = ternary_scale(x.detach(), delta=twn_threshold(x.detach(), factor=self.factor)).clamp_min(1e-12)
+        return self.spec.replace(rounding="nearest_even"), a, torch.zeros((), dtype=torch.int32)
+
+
+class _CodebookMethod(LearnedQuant):
+    """A weight quantizer whose values are not on a uniform grid: converts to :class:`CodebookQuant`."""
+
+    levels_bits = 2
+
+    def __init__(self, spec: QuantSpec) -> None:
+        super().__init__(spec.replace(granularity="per_tensor"), torch.ones(()), torch.zeros((), dtype=torch.int32), is_weight=True)
+
+    def frozen_grid(self, x: torch.Tensor | None = None):
+        return None  # see frozen_codebook
+
+    def frozen_codebook(self, w: torch.Tensor) -> torch.Tensor:
+        """The distinct values the quantized weight takes (ascending)."""
+        return torch.unique(self(w.detach()).detach())
+
+
+class TTQWeightQuant(_CodebookMethod):
+    """Trained ternary quantization: learned magnitudes ``W_p, W_n`` (:func:`lowbit.quant.ttq_quantize`),
+    initialized to TWN's ``alpha`` for the same threshold."""
+
+    method = "ttq"
+
+    def __init__(self, spec: QuantSpec, w: torch.Tensor, t: float = 0.05) -> None:
+        super().__init__(spec)
+        wd = w.detach()
+        delta = t * wd.abs().max()
+        pos, neg = wd[wd > delta], wd[wd < -delta]
+        self.wp = nn.Parameter(pos.mean().reshape(()) if pos.numel() else wd.abs().mean().reshape(()))
+        self.wn = nn.Parameter((-neg).mean().reshape(()) if neg.numel() else wd.abs().mean().reshape(()))
+        self.t = float(t)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        from ..quant import ttq_quantize
+
+        return ttq_quantize(w, self.wp.abs().clamp_min(1e-8), self.wn.abs().clamp_min(1e-8), t=self.t)
+
+
+class PoTWeightQuant(_CodebookMethod):
+    """Power-of-two weights: ``{0, +-s 2^-k}`` with ``s`` = max|W| rounded up to a power of two (:func:`lowbit.quant.pot_quantize`)."""
+
+    method = "pot"
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        from ..quant import pot_quantize
+
+        return pot_quantize(w, self.spec.format.bits)
+
+
+class ShiftCNNWeightQuant(_CodebookMethod):
+    """ShiftCNN: each weight a sum of ``n_terms`` codewords ``{0, +-2^-m}`` times max|W| (:func:`lowbit.quant.shiftcnn_quantize`)."""
+
+    method = "shiftcnn"
+
+    def __init__(self, spec: QuantSpec, n_terms: int = 2) -> None:
+        super().__init__(spec)
+        self.n_terms = int(n_terms)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        from ..quant import shiftcnn_quantize
+
+        return shiftcnn_quantize(w, self.n_terms, self.spec.format.bits)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, n_terms={self.n_terms}"
+
+
+class KMeansWeightQuant(_CodebookMethod):
+    """k-means codebook of ``2^bits`` centroids per layer (Deep Compression); the centroids are trained
+    (their gradient is the sum of their weights' gradients) and the weights straight-through."""
+
+    method = "kmeans"
+
+    def __init__(self, spec: QuantSpec, w: torch.Tensor) -> None:
+        from ..quant import kmeans_codebook
+
+        super().__init__(spec)
+        self.codebook = nn.Parameter(kmeans_codebook(w.detach(), spec.format.bits)[0])
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        from ..quant import codebook_quantize
+
+        return codebook_quantize(w, self.codebook)
+
+
+class CodebookQuant(nn.Module):
+    """Frozen non-uniform weight grid of a converted model: every weight is one of ``codebook``'s
+    ``K`` values (stored as ``ceil(log2 K)``-bit indices by :func:`lowbit.save`). No affine
+    ``(S, Z)``: ONNX export and the integer engine refuse it with ``UnsupportedError``."""
+
+    def __init__(self, spec: QuantSpec, codebook: torch.Tensor, method: str) -> None:
+        super().__init__()
+        self.register_buffer("codebook", codebook.detach().float().clone())
+        self.method = method
+        bits = max(1, math.ceil(math.log2(max(2, codebook.numel()))))
+        self.spec = spec.replace(bits=bits, granularity="per_tensor")
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        from ..quant import codebook_quantize
+
+        return codebook_quantize(w, self.codebook)
+
+    def qparams(self, w: torch.Tensor | None = None):
+        from ..errors import UnsupportedError
+
+        raise UnsupportedError(f"a {self.method} codebook ({self.codebook.numel()} values) has no affine scale / zero point; "
+                               "keep this model in lowbit's packed format (lowbit.save) or use an integer-grid recipe")
+
+    def extra_repr(self) -> str:
+        return f"{self.method} codebook, {self.codebook.numel()} values ({self.spec.format.bits}-bit indices)"
+
+
+WEIGHT_METHODS = ("ste", "lsq", "dorefa", "dsq", "bwn", "binary", "twn", "ttq", "pot", "shiftcnn", "kmeans")
+# weight bits each method supports (others: any); layers a recipe overrides to other widths (first / last) use LSQ
+METHOD_BITS = {"bwn": (1,), "binary": (1,), "twn": (2,), "ttq": (2,), "pot": tuple(range(2, 9)),
+               "shiftcnn": tuple(range(2, 9)), "kmeans": tuple(range(1, 9)), "dorefa": tuple(range(1, 8))}
 ACTIVATION_METHODS = ("ste", "lsq", "pact", "dorefa", "dsq")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields
 from typing import ClassVar
 
 from ...errors import ConfigError
-from ...nn.learned import ACTIVATION_METHODS, WEIGHT_METHODS
+from ...nn.learned import ACTIVATION_METHODS, METHOD_BITS, WEIGHT_METHODS
 from ..ptq import PTQConfig
 
 STEPS = ("prepare", "convert")
@@ -48,7 +48,11 @@ class QATConfig(PTQConfig):
     Attributes (besides :class:`~lowbit.PTQConfig`'s, which define the grids and their initialization):
         step: ``prepare`` (build + calibrate + swap in trainable quantizers) or ``convert``
             (freeze them; the model must have been prepared).
-        weight_method: ``ste`` | ``lsq`` | ``dorefa`` | ``dsq`` (:mod:`lowbit.nn.learned`).
+        weight_method: ``ste`` | ``lsq`` | ``dorefa`` | ``dsq`` | ``bwn`` (binary, per-channel
+            ``alpha``; XNOR-Net's weights) | ``binary`` (one ``alpha`` per layer) | ``twn`` | ``ttq`` |
+            ``pot`` | ``shiftcnn`` | ``kmeans`` (:mod:`lowbit.nn.learned`). Binary methods need
+            ``weight.bits: 1``, ternary ones 2; layers a recipe overrides to another width (the 8-bit
+            first / last layers) use LSQ.
         activation_method: ``ste`` | ``lsq`` | ``pact`` | ``dorefa`` | ``dsq``. PACT and DoReFa clip to
             ``[0, alpha]``: quantizers whose calibrated range is not non-negative (the network input,
             a residual sum) use LSQ instead, listed in the prepare info.
@@ -61,6 +65,8 @@ class QATConfig(PTQConfig):
             (1.0: soft targets only, no labels needed).
         pact_decay: L2 weight decay on PACT's ``alpha``.
         dsq_alpha: DSQ's ``alpha`` at the start and end of training (annealed geometrically).
+        ttq_threshold: TTQ's ``t`` in ``Delta = t max|W|``.
+        shiftcnn_terms: ShiftCNN's ``N`` (power-of-two terms per weight; ``weight.bits`` is ``B``).
         seed: shuffling seed.
 
     BatchNorm: folded into the preceding conv before training ("fold, then train"): the weights
@@ -84,6 +90,8 @@ class QATConfig(PTQConfig):
     distill_weight: float = 0.9
     pact_decay: float = 1e-4
     dsq_alpha: tuple[float, float] = (0.2, 0.01)
+    ttq_threshold: float = 0.05
+    shiftcnn_terms: int = 2
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -92,6 +100,15 @@ class QATConfig(PTQConfig):
             raise ConfigError(f"step must be one of {list(STEPS)}, got {self.step!r}")
         if self.weight_method not in WEIGHT_METHODS:
             raise ConfigError(f"weight_method must be one of {list(WEIGHT_METHODS)}, got {self.weight_method!r}")
+        allowed = METHOD_BITS.get(self.weight_method)
+        if allowed and self.weight is not None and self.weight.bits not in allowed:
+            raise ConfigError(f"weight_method {self.weight_method} supports weight bits {list(allowed)}, got {self.weight.bits}")
+        if self.weight is None and self.weight_method != "lsq":
+            raise ConfigError(f"weight_method {self.weight_method} needs a weight spec (weight is None)")
+        if not _is_int(self.shiftcnn_terms) or not 1 <= self.shiftcnn_terms <= 8:
+            raise ConfigError(f"shiftcnn_terms must be an integer in 1..8, got {self.shiftcnn_terms!r}")
+        if not _is_real(self.ttq_threshold) or not 0 < self.ttq_threshold < 1:
+            raise ConfigError(f"ttq_threshold must lie in (0, 1), got {self.ttq_threshold!r}")
         if self.activation_method not in ACTIVATION_METHODS:
             raise ConfigError(f"activation_method must be one of {list(ACTIVATION_METHODS)}, got {self.activation_method!r}")
         for spec, what in ((self.weight, "weight"), (self.activation, "activation")):
@@ -123,7 +140,7 @@ class QATConfig(PTQConfig):
         if len(a) != 2 or not all(_is_real(v) and 0 < v < 1 for v in a) or a[1] > a[0]:
             raise ConfigError(f"dsq_alpha must be [start, end] with 1 > start >= end > 0, got {self.dsq_alpha!r}")
         object.__setattr__(self, "dsq_alpha", (float(a[0]), float(a[1])))
-        for name in ("lr", "temperature", "weight_decay", "pact_decay", "distill_weight"):
+        for name in ("lr", "temperature", "weight_decay", "pact_decay", "distill_weight", "ttq_threshold"):
             object.__setattr__(self, name, float(getattr(self, name)))
 
     @property

@@ -18,13 +18,21 @@ from ...errors import ConfigError
 from ...nn import ActQuant, WeightQuant
 from ...nn.layers import is_quant_module
 from ...nn.learned import (
+    METHOD_BITS,
+    BinaryWeightQuant,
+    CodebookQuant,
     DoReFaActQuant,
     DoReFaWeightQuant,
     DSQQuant,
+    KMeansWeightQuant,
     LearnedQuant,
     LSQQuant,
     PACTQuant,
+    PoTWeightQuant,
+    ShiftCNNWeightQuant,
     STEQuant,
+    TernaryWeightQuant,
+    TTQWeightQuant,
 )
 from ..ptq import quantize_ptq
 from .config import QATConfig
@@ -56,11 +64,21 @@ def quantize_qat(model: nn.Module, config: QATConfig) -> tuple[nn.Module, dict]:
 
 def _weight_quantizer(q: WeightQuant, w: torch.Tensor, config: QATConfig, fallbacks: list[str], name: str) -> LearnedQuant:
     spec, method = q.spec, config.weight_method
-    if method == "dorefa" and spec.format.bits >= 8:  # its odd grid needs bits + 1: keep 8-bit layers on int8
+    if method in METHOD_BITS and spec.format.bits not in METHOD_BITS[method]:  # e.g. the 8-bit first / last layers
         fallbacks.append(name)
         method = "lsq"
-    if method == "dorefa":
-        return DoReFaWeightQuant(spec)
+    special = {
+        "dorefa": lambda: DoReFaWeightQuant(spec),
+        "bwn": lambda: BinaryWeightQuant(spec, per_channel=True),
+        "binary": lambda: BinaryWeightQuant(spec, per_channel=False),
+        "twn": lambda: TernaryWeightQuant(spec),
+        "ttq": lambda: TTQWeightQuant(spec, w, t=config.ttq_threshold),
+        "pot": lambda: PoTWeightQuant(spec),
+        "shiftcnn": lambda: ShiftCNNWeightQuant(spec, n_terms=config.shiftcnn_terms),
+        "kmeans": lambda: KMeansWeightQuant(spec, w),
+    }
+    if method in special:
+        return special[method]()
     s, z = q.qparams(w)
     cls = {"ste": STEQuant, "lsq": LSQQuant, "dsq": DSQQuant}[method]
     kw = {"alpha": config.dsq_alpha} if cls is DSQQuant else {}
@@ -131,11 +149,17 @@ def convert_learned(model: nn.Module) -> dict:
         wq = getattr(mod, "weight_quant", None)
         if is_quant_module(mod) and isinstance(wq, LearnedQuant):
             wq_values = wq(mod.weight)
-            spec, s, z = wq.frozen_grid(mod.weight)
-            mod.weight.data.copy_(wq_values)
-            plain = WeightQuant(spec)
-            plain.set_qparams(mod.weight, s, z)
-            mod.weight_quant = plain
+            grid = wq.frozen_grid(mod.weight)
+            if grid is None:  # non-uniform values: a frozen codebook
+                codebook = wq.frozen_codebook(mod.weight)
+                mod.weight.data.copy_(wq_values)
+                mod.weight_quant = CodebookQuant(wq.spec, codebook, wq.method)
+            else:
+                spec, s, z = grid
+                mod.weight.data.copy_(wq_values)
+                plain = WeightQuant(spec)
+                plain.set_qparams(mod.weight, s, z)
+                mod.weight_quant = plain
             layers += 1
         for cname, child in list(mod.named_children()):
             if not isinstance(child, LearnedQuant) or child.is_weight:
