@@ -92,17 +92,50 @@ def onnx_export_mode(model: nn.Module, float_layers: Sequence[str] = ()) -> Iter
     saved = [(m, m.weight_quant, m.input_quant) for m in layers]
     for m in layers:
         m.weight_quant = m.input_quant = None
+    on_grid: list[tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]] = []
     try:
         mods = _check_exportable(model)
         for m in mods:
             m.onnx_export = True
+        on_grid = _weights_onto_their_grid(model)
         yield model
     finally:
         for m in model.modules():
             if isinstance(m, ActQuant | WeightQuant):
                 m.onnx_export = False
+        with torch.no_grad():
+            for layer, original, scale, zp in on_grid:
+                layer.weight.copy_(original)
+                layer.weight_quant.set_qparams(layer.weight, scale, zp)
+                layer.weight_quant.onnx_on_grid = False
         for m, wq, iq in saved:
             m.weight_quant, m.input_quant = wq, iq
+
+
+@torch.no_grad()
+def _weights_onto_their_grid(model: nn.Module) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Put every weight whose grid is narrower than its int8 container (4-bit, 7-bit, narrow range)
+    on that grid in place, its qparams pinned, so the traced graph quantizes an initializer (stored
+    as int8 codes by :func:`_fold_weight_quantizers`) instead of a chain of float ops. Returns what
+    :func:`onnx_export_mode` restores."""
+    from ..nn.layers import is_quant_module
+    from ..quant import fake_quantize
+
+    done = []
+    for m in model.modules():
+        wq = getattr(m, "weight_quant", None)
+        if not (is_quant_module(m) and isinstance(wq, WeightQuant)):
+            continue
+        fmt = wq.spec.format
+        if fmt.bits >= 8 and not fmt.narrow_range:
+            continue
+        scale, zp = wq.qparams(m.weight)
+        scale, zp = scale.clone(), zp.clone()
+        done.append((m, m.weight.detach().clone(), scale, zp))
+        m.weight.copy_(fake_quantize(m.weight, scale, zp, fmt, wq.spec.granularity, wq.spec.rounding))
+        wq.set_qparams(m.weight, scale, zp)
+        wq.onnx_on_grid = True
+    return done
 
 
 def _const_reader(g):
@@ -218,6 +251,29 @@ def _torch_export(model: nn.Module, example: torch.Tensor, buf: io.BytesIO, kwar
         raise UnsupportedError(f"torch.onnx.export failed: {first[:300]}") from None
 
 
+def _weights_beyond_7bit(proto) -> list[str]:
+    """Names of int8 weight initializers (2-D and up) with a code outside ``[-64, 64]``.
+
+    Why 64: AVX2's ``vpmaddubsw`` computes ``a0 b0 + a1 b1`` for uint8 ``a`` and int8 ``b`` in a
+    saturating int16; ``255 (|b0| + |b1|) <= 32767`` holds for every input exactly when ``|b| <= 64``.
+    """
+    from onnx import TensorProto, numpy_helper
+
+    out = []
+    for init in proto.graph.initializer:
+        if init.data_type == TensorProto.INT8 and len(init.dims) >= 2:
+            q = numpy_helper.to_array(init)
+            if q.size and int(np.abs(q.astype(np.int32)).max()) > 64:
+                out.append(init.name.removesuffix("_quantized"))
+    return out
+
+
+def _cpu_saturates_8bit_weights() -> bool:
+    from ..runtime.cpu import int8_plan
+
+    return int8_plan()["weight_bits"] < 8
+
+
 def export_onnx(
     model: nn.Module,
     example_input: torch.Tensor,
@@ -237,6 +293,11 @@ def export_onnx(
         precision: ``qdq`` (int8 QuantizeLinear / DequantizeLinear), ``fp32``, ``fp16`` or ``bf16``.
         float_layers: names of quantized layers to export in float (e.g. layers whose int8 kernel
             :func:`lowbit.report.bench.benchmark` measured slower than float).
+
+    The summary also says how many int8 weight tensors use codes beyond ``+-64``
+    (``weights_beyond_7bit``) and whether that makes ONNX Runtime's results differ on this CPU
+    (``int16_saturation_risk``: x86 with AVX2 but no VNNI, see :func:`lowbit.runtime.int8_plan`);
+    a ``UserWarning`` then names the fix (7-bit weights).
     """
     import onnx
 
@@ -264,6 +325,14 @@ def export_onnx(
     folded = _fold_weight_quantizers(proto) if precision == "qdq" else 0
     dropped = _drop_requantize_pairs(proto) if precision == "qdq" else 0
     onnx.checker.check_model(proto)
+    wide = _weights_beyond_7bit(proto) if precision == "qdq" else []
+    risk = bool(wide) and _cpu_saturates_8bit_weights()
+    if risk:
+        warnings.warn(f"{len(wide)} weight tensors use int8 codes beyond +-64 ({', '.join(wide[:3])}{', ...' if len(wide) > 3 else ''}); "
+                      "this CPU has AVX2 without VNNI, where ONNX Runtime's u8 x s8 kernels add product pairs in saturating "
+                      "int16, so its outputs will differ from lowbit's simulation: quantize with 7-bit weights "
+                      "(lowbit.runtime.int8_plan()['weight_bits']; e.g. weight bits: 7 in the recipe) for exact results",
+                      UserWarning, stacklevel=2)
     data = proto.SerializeToString()
     atomic_write_bytes(path, data)
     ops = [n.op_type for n in proto.graph.node]
@@ -271,4 +340,5 @@ def export_onnx(
         "path": str(path), "bytes": len(data), "opset": opset, "precision": precision,
         "quantize_linear": ops.count("QuantizeLinear"), "dequantize_linear": ops.count("DequantizeLinear"),
         "weight_initializers_int8": folded, "requantize_pairs_dropped": dropped, "ops": sorted(set(ops)), "float_layers": list(float_layers),
+        "weights_beyond_7bit": len(wide), "int16_saturation_risk": risk,
     }

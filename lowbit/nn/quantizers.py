@@ -32,13 +32,17 @@ from ..observe.calibrate import Calibratable
 from ..quant import PerChannel, choose_qparams_dynamic, fake_quantize
 
 
-def torch_fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+def torch_fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, spec: QuantSpec,
+                        on_grid: bool = False) -> torch.Tensor:
     """The same fake-quantization through torch's built-in ops, which ``torch.onnx.export`` lowers to
-    QuantizeLinear / DequantizeLinear pairs (used only while exporting; see :mod:`lowbit.export.onnx`)."""
+    QuantizeLinear / DequantizeLinear pairs (used only while exporting; see :mod:`lowbit.export.onnx`).
+    ``on_grid``: ``x`` already holds grid values (weights the exporter put on their grid beforehand)."""
     fmt = spec.format
-    # ONNX QDQ knows the int8 / uint8 containers only; a narrower grid (e.g. 7-bit weights) is applied
-    # first by lowbit's own fake-quant (constant-folded for weights), then stored in the container.
-    if fmt.bits < 8 or fmt.narrow_range:
+    # ONNX QDQ knows the int8 / uint8 containers only; a narrower grid (e.g. 7-bit weights, 4-bit
+    # activations) is applied first by lowbit's own fake-quant, then stored in the container.
+    # Weights arrive on their grid already (onnx_export_mode), so the exported graph reads
+    # QuantizeLinear(initializer) and the exporter can store the integer codes.
+    if (fmt.bits < 8 or fmt.narrow_range) and not on_grid:
         x = fake_quantize(x, scale, zero_point, fmt, spec.granularity, spec.rounding)
     qmin, qmax = (-128, 127) if fmt.signed else (0, 255)
     if isinstance(spec.granularity, PerChannel):
@@ -153,7 +157,7 @@ class WeightQuant(nn.Module):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         scale, zp = self.qparams(w)
         if getattr(self, "onnx_export", False):
-            return torch_fake_quantize(w, scale, zp, self.spec)
+            return torch_fake_quantize(w, scale, zp, self.spec, on_grid=getattr(self, "onnx_on_grid", False))
         return fake_quantize(w, scale, zp, self.spec.format, self.spec.granularity, self.spec.rounding)
 
     def extra_repr(self) -> str:

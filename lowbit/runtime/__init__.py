@@ -2,6 +2,7 @@
 
 from .cpu import CpuFeatures as CpuFeatures
 from .cpu import cpu_features as cpu_features
+from .cpu import fit_to_cpu as fit_to_cpu
 from .cpu import int8_plan as int8_plan
 from .integer import IntegerEngine as IntegerEngine
 from .integer import IntegerProgram as IntegerProgram

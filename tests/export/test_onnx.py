@@ -1,6 +1,7 @@
 """ONNX QDQ export: ONNX Runtime runs it on integer kernels and agrees with lowbit's simulation."""
 
 import copy
+import warnings
 
 import onnx
 import pytest
@@ -8,14 +9,16 @@ import torch
 
 import lowbit
 from lowbit.errors import CalibrationError, ConfigError, UnsupportedError
-from lowbit.runtime import OrtModel
+from lowbit.export import onnx as onnx_export
+from lowbit.runtime import OrtModel, fit_to_cpu
 from lowbit.zoo import load_model
 from lowbit.zoo.models import FmnistMLP
 
 
 @pytest.fixture(scope="module")
 def resnet_w8a8(fmnist_calib):
-    return lowbit.quantize_(load_model("fmnist-resnet"), lowbit.load_recipe("w8a8"), data=fmnist_calib)
+    # 7-bit weights where this CPU's int8 kernels saturate (AVX2 without VNNI), else 8: exact on ORT either way
+    return lowbit.quantize_(load_model("fmnist-resnet"), fit_to_cpu(lowbit.load_recipe("w8a8")), data=fmnist_calib)
 
 
 def test_resnet_export_fuses_into_integer_kernels_and_agrees(tmp_path, resnet_w8a8, fmnist_small_test):
@@ -34,6 +37,18 @@ def test_resnet_export_fuses_into_integer_kernels_and_agrees(tmp_path, resnet_w8
     agree = (runner(x).argmax(1) == ref).float().mean().item()
     assert agree >= 0.995
     assert lowbit.evaluate(runner, fmnist_small_test) >= lowbit.evaluate(resnet_w8a8, fmnist_small_test) - 0.3
+
+
+def test_8bit_weights_on_a_saturating_cpu_warn_and_say_so(tmp_path, fmnist_calib, monkeypatch):
+    m = lowbit.quantize_(load_model("fmnist-mlp"), lowbit.load_recipe("w8a8"), data=fmnist_calib)
+    monkeypatch.setattr(onnx_export, "_cpu_saturates_8bit_weights", lambda: True)
+    with pytest.warns(UserWarning, match="AVX2 without VNNI.*7-bit weights"):
+        info = lowbit.export_onnx(m, fmnist_calib.images[:1], tmp_path / "m.onnx")
+    assert info["int16_saturation_risk"] and info["weights_beyond_7bit"] == 2
+    m7 = lowbit.quantize_(load_model("fmnist-mlp"), fit_to_cpu(lowbit.load_recipe("w8a8"), lowbit.runtime.cpu.parse_cpuinfo(
+        "flags : avx2", machine="x86_64")), data=fmnist_calib)
+    info = lowbit.export_onnx(m7, fmnist_calib.images[:1], tmp_path / "m7.onnx")
+    assert not info["int16_saturation_risk"] and info["weights_beyond_7bit"] == 0
 
 
 def test_keep_float_layers(tmp_path, resnet_w8a8, fmnist_small_test):
@@ -132,3 +147,24 @@ def test_openvino_missing_names_the_extra(monkeypatch):
     monkeypatch.setattr(ovmod, "openvino_available", lambda: False)
     with pytest.raises(UnsupportedError, match=r"lowbit\[openvino\]"):
         ovmod.OpenVINOModel("x.onnx")
+
+
+def test_narrow_weight_grids_are_stored_as_codes_and_the_model_is_untouched(tmp_path, fmnist_calib):
+    m = lowbit.quantize_(load_model("fmnist-resnet"), lowbit.load_recipe("w4a8"), data=fmnist_calib.subset(64, seed=0))
+    before = {k: v.clone() for k, v in m.state_dict().items() if v is not None}
+    x = fmnist_calib.images[:64]
+    with torch.no_grad():
+        y = m(x)
+    with warnings.catch_warnings():  # the 8-bit first / last layers warn on an AVX2-only CPU
+        warnings.simplefilter("ignore", UserWarning)
+        info = lowbit.export_onnx(m, x[:1], tmp_path / "w4.onnx")
+    assert info["weight_initializers_int8"] == 10 and info["weights_beyond_7bit"] == 2  # the 8-bit first / last layers
+    from onnx import numpy_helper
+
+    inits = onnx.load(str(tmp_path / "w4.onnx")).graph.initializer
+    codes = [numpy_helper.to_array(i) for i in inits if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2]
+    assert sum(int(abs(c.astype(int)).max()) <= 8 for c in codes) == 8  # the 4-bit body: codes in [-8, 7]
+    after = m.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with torch.no_grad():
+        assert torch.equal(m(x), y)

@@ -1,0 +1,197 @@
+"""Benchmark: quantization-aware training recipes on fmnist-resnet vs the best post-training method.
+
+Each row is one ``lowbit qat MODEL --recipe R [--distill] --json ...`` run through the real CLI
+(prepare: BN folded, grids calibrated on the recipe's images; train on the 60k training split;
+convert; evaluate on the 10 000 test images). The PTQ column is the best cell of
+``bench/methods_table.py`` at the same weight / activation widths (AdaRound, iterative noise
+adaptation, ...); widths the methods table has no row for (A2, W1) are run here with AdaRound
+and iterative adaptation (``--ptq-missing``), or shown as "–" where no PTQ method applies (W1).
+
+Results are cached per run in bench/results/qat_table.json (re-running resumes; ``--fresh``
+starts over), so the runs can be spread over sessions; each run's wall time is recorded.
+
+    python bench/qat_table.py                                  # the target rows
+    python bench/qat_table.py --runs qat-w4a4-lsq,qat-w2a2-lsq+distill --epochs 2
+    python bench/qat_table.py --print-only
+
+Writes bench/results/qat_table.json and docs/img/qat_table.png, prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "results" / "qat_table.json"
+METHODS_TABLE = ROOT / "bench" / "results" / "methods_table.json"
+PLOT = ROOT / "docs" / "img" / "qat_table.png"
+MODEL = "fmnist-resnet"
+# run name -> (recipe, distill); the issue-5 targets first
+RUNS = {
+    "qat-w4a4-lsq": ("qat-w4a4-lsq", False),
+    "qat-w2a2-lsq": ("qat-w2a2-lsq", False),
+    "qat-w2a2-lsq+distill": ("qat-w2a2-lsq", True),
+    "ttq": ("ttq", False),
+    "bwn": ("bwn", False),
+    "xnor": ("xnor", False),
+    "qat-w4a4-pact": ("qat-w4a4-pact", False),
+    "qat-w2a2-dsq": ("qat-w2a2-dsq", False),
+    "qat-w2a2-dorefa": ("qat-w2a2-dorefa", False),
+    "twn": ("twn", False),
+    "bnn": ("bnn", False),
+    "pot-w4": ("pot-w4", False),
+    "shiftcnn-n2b4": ("shiftcnn-n2b4", False),
+    "kmeans-w3": ("kmeans-w3", False),
+}
+TARGETS = {"qat-w4a4-lsq": 0.2, "qat-w2a2-lsq": 1.0, "ttq": 0.8, "bwn": 2.0, "xnor": 4.0}
+
+
+def _bits(recipe: str) -> tuple[int, int]:
+    """(weight bits, activation bits) of a recipe's body (its first / last layers are W8A8)."""
+    sys.path.insert(0, str(ROOT))
+    import lowbit
+
+    cfg = lowbit.load_recipe(recipe)
+    return cfg.weight.bits, cfg.activation.bits
+
+
+def run_one(name: str, epochs: int | None, train_size: int | None) -> dict:
+    recipe, distill = RUNS[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "r.json"
+        cmd = [str(Path(sys.executable).parent / "lowbit"), "qat", MODEL, "--recipe", recipe, "--json", str(out),
+               "--distill" if distill else "--no-distill"]
+        if epochs is not None:
+            cmd += ["--epochs", str(epochs)]
+        if train_size is not None:
+            cmd += ["--train-size", str(train_size)]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, env={**os.environ, "LOWBIT_PROGRESS": "0"})
+        wall = time.perf_counter() - t0
+        r = json.loads(out.read_text())
+    w, a = _bits(recipe)
+    return {"recipe": recipe, "distill": distill, "weight_bits": w, "activation_bits": a, "fp32": r["fp32_accuracy"],
+            "initial": r["initial_accuracy"], "accuracy": r["quantized_accuracy"], "drop_pp": r["accuracy_drop_pp"],
+            "epochs": r["epochs"], "train_images": r["train_images"], "train_seconds": r["train_seconds"],
+            "wall_seconds": wall, "history": r["history"]}
+
+
+def best_ptq(cells: dict, w: int, a: int) -> tuple[str, float] | None:
+    """The best post-training cell of the methods table at W{w}A{a}: (method, accuracy)."""
+    found = [(k.split("/")[1], c["accuracy"]) for k, c in cells.items() if k.split("/")[0] == f"W{w}A{a}"]
+    return max(found, key=lambda t: t[1]) if found else None
+
+
+def ptq_missing(widths: list[tuple[int, int]]) -> None:
+    """Run AdaRound and iterative adaptation at widths the methods table lacks (e.g. W2A2), cached in its JSON."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import copy
+
+    import torch
+    from methods_table import make_config
+
+    import lowbit
+    from lowbit.data import load_fashion_mnist
+    from lowbit.io import atomic_write_text
+    from lowbit.zoo import load_model
+
+    table = json.loads(METHODS_TABLE.read_text())
+    entry = table[MODEL]
+    model, test, train = load_model(MODEL), load_fashion_mnist("test"), load_fashion_mnist("train")
+    for w, a in widths:
+        for method in ("adaround", "iterative"):
+            key = f"W{w}A{a}/{method}"
+            if key in entry["cells"]:
+                continue
+            cfg = make_config(method, w, a)
+            torch.manual_seed(0)
+            t0 = time.perf_counter()
+            q = lowbit.quantize_(copy.deepcopy(model), cfg, data=train.subset(cfg.calib_size, seed=0))
+            seconds = time.perf_counter() - t0
+            acc = lowbit.evaluate(q, test)
+            entry["cells"][key] = {"accuracy": acc, "drop_pp": entry["fp32"] - acc, "seconds": seconds}
+            print(f"{MODEL} {key} {acc:.2f} ({seconds:.0f} s)", flush=True)
+            atomic_write_text(METHODS_TABLE, json.dumps(table, indent=1) + "\n")
+
+
+def print_table(table: dict) -> None:
+    cells = json.loads(METHODS_TABLE.read_text())[MODEL]["cells"] if METHODS_TABLE.exists() else {}
+    print(f"\n### {MODEL}: QAT vs the best post-training method at the same widths (accuracy %, drop pp)\n")
+    print("| run | body W/A bits | epochs | initial grids | **QAT** | drop pp | target | best PTQ (method) | QAT − PTQ pp | train s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name in RUNS:
+        r = table.get(name)
+        if r is None:
+            continue
+        ptq = best_ptq(cells, r["weight_bits"], r["activation_bits"])
+        target = TARGETS.get(name)
+        met = "" if target is None else f"≤ {target} {'met' if r['drop_pp'] <= target else '**missed**'}"
+        ptq_s = "–" if ptq is None else f"{ptq[1]:.2f} ({ptq[0]})"
+        gain = "–" if ptq is None else f"{r['accuracy'] - ptq[1]:+.2f}"
+        print(f"| {name} | W{r['weight_bits']}A{r['activation_bits']} | {r['epochs']} | {r['initial']:.2f} | **{r['accuracy']:.2f}** | "
+              f"{r['drop_pp']:+.2f} | {met} | {ptq_s} | {gain} | {r['train_seconds']:.0f} |")
+    if "qat-w2a2-lsq" in table and "qat-w2a2-lsq+distill" in table:
+        d = table["qat-w2a2-lsq+distill"]["accuracy"] - table["qat-w2a2-lsq"]["accuracy"]
+        print(f"\ndistillation at W2A2 (same schedule): {d:+.2f} pp (target ≥ +0.3: {'met' if d >= 0.3 else 'not met'})")
+
+
+def plot(table: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    names = [n for n in RUNS if n in table]
+    ax.barh(range(len(names)), [table[n]["drop_pp"] for n in names], color="tab:blue")
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set(xlabel="accuracy drop vs float, pp (10k test images)", title=f"{MODEL}: QAT recipes")
+    ax.invert_yaxis()
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    tmp = PLOT.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(PLOT)
+    print(f"\nplot: {PLOT.relative_to(ROOT)}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", default=",".join(list(RUNS)[:6]), help=f"comma list from {list(RUNS)}")
+    ap.add_argument("--epochs", type=int, default=None, help="override the recipes' epochs")
+    ap.add_argument("--train-size", type=int, default=None, help="training images (default: the recipe's, else all 60k)")
+    ap.add_argument("--fresh", action="store_true", help="ignore cached runs")
+    ap.add_argument("--ptq-missing", action="store_true", help="run AdaRound / iterative at widths the methods table lacks")
+    ap.add_argument("--print-only", action="store_true")
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from lowbit.io import atomic_write_text
+
+    table = {} if args.fresh or not OUT.exists() else json.loads(OUT.read_text())
+    if not args.print_only:
+        runs = args.runs.split(",")
+        bad = [r for r in runs if r not in RUNS]
+        if bad:
+            raise SystemExit(f"unknown runs {bad}; use {list(RUNS)}")
+        for name in runs:
+            if name in table:
+                continue
+            table[name] = run_one(name, args.epochs, args.train_size)
+            print(f"{name}: {table[name]['accuracy']:.2f} % ({table[name]['drop_pp']:+.2f} pp), {table[name]['wall_seconds']:.0f} s", flush=True)
+            atomic_write_text(OUT, json.dumps(table, indent=1) + "\n")
+        if args.ptq_missing:
+            ptq_missing(sorted({(r["weight_bits"], r["activation_bits"]) for r in table.values() if r["weight_bits"] >= 2}))
+    print_table(table)
+    plot(table)
+
+
+if __name__ == "__main__":
+    main()
