@@ -93,6 +93,33 @@ def _grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
     return x.detach() + (x * g - (x * g).detach())
 
 
+class _FakeQuantSTE(torch.autograd.Function):
+    """``y = (clamp(round(x / s) + z, qmin, qmax) - z) s`` in one autograd node (the same ops, in the
+    same order, as the unfused formula: bit-identical values). Backward: ``dy/dx = 1`` where
+    ``round(x/s) + z`` lies in ``[qmin, qmax]`` (the clamp's own rule), else 0; LSQ's
+    ``dy/ds = (v - z) - 1[inside] x / s``, summed to ``s``'s shape and multiplied by ``g``.
+    One node instead of ~10 keeps QAT's autograd overhead near that of the float network."""
+
+    @staticmethod
+    def forward(ctx, x, s, z, qmin, qmax, g, stochastic):  # noqa: D102
+        xs = x / s
+        r = _round(xs, stochastic) + z
+        v = torch.clamp(r, qmin, qmax)
+        inside = (r >= qmin) & (r <= qmax)
+        ctx.save_for_backward(xs, v, inside, s, z)
+        ctx.g = g
+        return (v - z) * s
+
+    @staticmethod
+    def backward(ctx, gy):  # noqa: D102
+        xs, v, inside, s, z = ctx.saved_tensors
+        gx = gy * inside if ctx.needs_input_grad[0] else None
+        gs = None
+        if ctx.needs_input_grad[1]:
+            gs = (gy * torch.where(inside, v - z - xs, v - z)).sum_to_size(s.shape) * ctx.g
+        return gx, gs, None, None, None, None, None
+
+
 class LearnedQuant(nn.Module):
     """Base of the trainable quantizers: an integer grid ``(spec.format, S, Z)``, views by granularity.
 
@@ -127,10 +154,15 @@ class LearnedQuant(nn.Module):
         z = _rows(self.zero_point, xv.shape[0]).to(x.dtype)
         return xv, s, z
 
-    def _grid(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """``S (clamp(round(x/S) + Z) - Z)``: straight-through round, clamp gradient 0 outside."""
+    def _grid(self, x: torch.Tensor, scale: torch.Tensor, g: float = 1.0) -> torch.Tensor:
+        """``S (clamp(round(x/S) + Z) - Z)``: straight-through round, clamp gradient 0 outside; the
+        gradient reaching ``scale`` is multiplied by ``g`` (LSQ's gradient scale)."""
         fmt = self.spec.format
-        xv, s, z = self._view(x, scale)
+        if type(self)._round_fn is LearnedQuant._round_fn:  # plain STE rounding: the fused node
+            xv, s, z = self._view(x, scale)
+            y = _FakeQuantSTE.apply(xv, s, z, fmt.qmin, fmt.qmax, g, self.stochastic)
+            return self.spec.granularity.unview(y, x.shape)
+        xv, s, z = self._view(x, _grad_scale(scale, g) if g != 1.0 else scale)
         v = torch.clamp(self._round_fn(xv / s) + z, fmt.qmin, fmt.qmax)
         return self.spec.granularity.unview((v - z) * s, x.shape)
 
@@ -187,7 +219,7 @@ class LSQQuant(LearnedQuant):
         # N: weights per scale; for activations, elements per sample and scale (the loss is a batch mean)
         per_sample = x.numel() if self.is_weight or x.ndim == 0 else x.numel() / x.shape[0]
         g = 1.0 / math.sqrt(max(1.0, per_sample / self.scale.numel()) * max(1, self.spec.format.qmax))
-        return self._grid(x, _grad_scale(self.current_scale(), g))
+        return self._grid(x, self.current_scale(), g)
 
 
 class DSQQuant(LSQQuant):

@@ -43,6 +43,26 @@ def test_lsq_forward_is_fake_quantize_and_step_gradient_matches_the_paper():
     torch.testing.assert_close(q.scale.grad, per.sum(1) * g, rtol=1e-5, atol=1e-6)
 
 
+def test_fused_fake_quant_node_matches_the_unfused_autograd_graph():
+    from lowbit.nn.learned import _grad_scale, _ste_round
+
+    torch.manual_seed(0)
+    x = (torch.randn(4, 6, 5, 5) * 2).requires_grad_()
+    upstream = torch.randn(4, 6, 5, 5)
+    q = LSQQuant(U4, torch.tensor(0.3), torch.tensor(3, dtype=torch.int32))
+    (q(x) * upstream).sum().backward()
+    xr, s = x.detach().clone().requires_grad_(), torch.tensor(0.3, requires_grad=True)
+    g = 1 / math.sqrt(6 * 5 * 5 * 15)  # elements per sample, Qp = 15
+    sg = _grad_scale(s, g)
+    v = torch.clamp(_ste_round(xr / sg, False) + 3, 0, 15)
+    y_ref = (v - 3) * sg
+    (y_ref * upstream).sum().backward()
+    assert torch.equal(q(x), y_ref)  # bit-identical forward values
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(q.scale.grad, s.grad, rtol=1e-5, atol=1e-6)
+    assert 0 < float((x.grad == 0).float().mean()) < 1  # some inputs clamped, some not
+
+
 def test_pact_gradient_goes_to_alpha_only_above_it():
     x = torch.tensor([-1.0, 0.3, 0.9, 2.0, 5.0], requires_grad=True)
     q = PACTQuant(U4, alpha=1.5)
