@@ -143,16 +143,30 @@ class WeightQuant(nn.Module):
     def qparams(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         key = (id(w), w._version)
         if self.scale is None or key != self._version:
+            if self.scale is not None and getattr(self, "_pinned", False) and self._on_grid(w):
+                self._version = key  # a copy of the model (deepcopy, state_dict load) of the same grid values
+                return self.scale, self.zero_point
             ob = make_observer(self.spec.observer, self.spec.granularity, **self.spec.observer_args)
             ob.update(w.detach())
             self.scale, self.zero_point = ob.qparams(self.spec.format, self.spec.mapping)
             self._version = key
+            self._pinned = False
         return self.scale, self.zero_point
 
+    def _on_grid(self, w: torch.Tensor) -> bool:
+        s = self.spec
+        with torch.no_grad():
+            return torch.equal(fake_quantize(w.detach(), self.scale, self.zero_point, s.format, s.granularity, "nearest_even"), w.detach())
+
     def set_qparams(self, w: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
-        """Pin given qparams for the current weight tensor (e.g. loaded from a packed checkpoint)."""
+        """Pin given qparams for the current weight tensor (e.g. loaded from a packed checkpoint).
+
+        They stay pinned while the weight is unchanged — also in a copy of the model (``deepcopy``,
+        another tensor holding the same values) as long as the weight still lies on the pinned grid;
+        a weight that is changed off the grid gets its qparams from the observer again."""
         self.scale, self.zero_point = scale.float(), zero_point.to(torch.int32)
         self._version = (id(w), w._version)
+        self._pinned = True
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         scale, zp = self.qparams(w)

@@ -1,5 +1,6 @@
 """Runtimes: ONNX Runtime and OpenVINO (exported models), lowbit's integer-only reference engine, XNOR-popcount binary kernels."""
 
+from .bitwise import to_bitwise as to_bitwise
 from .cpu import CpuFeatures as CpuFeatures
 from .cpu import cpu_features as cpu_features
 from .cpu import fit_to_cpu as fit_to_cpu
