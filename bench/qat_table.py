@@ -14,7 +14,8 @@ starts over), so the runs can be spread over sessions; each run's wall time is r
     python bench/qat_table.py --runs qat-w4a4-lsq,qat-w2a2-lsq+distill --epochs 2
     python bench/qat_table.py --print-only
 
-Writes bench/results/qat_table.json and docs/img/qat_table.png, prints a Markdown table.
+Writes bench/results/qat_table.json, docs/img/qat_table.png and the converted models
+(bench/results/qat_models/RUN.lowbit, e.g. for ``bench/xnor_kernel.py --network``), prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results" / "qat_table.json"
 METHODS_TABLE = ROOT / "bench" / "results" / "methods_table.json"
 PLOT = ROOT / "docs" / "img" / "qat_table.png"
+MODELS = ROOT / "bench" / "results" / "qat_models"  # the converted models (packed .lowbit; not committed)
 MODEL = "fmnist-resnet"
 # run name -> (recipe, distill); the issue-5 targets first
 RUNS = {
@@ -66,8 +68,9 @@ def run_one(name: str, epochs: int | None, train_size: int | None) -> dict:
     recipe, distill = RUNS[name]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "r.json"
+        MODELS.mkdir(parents=True, exist_ok=True)
         cmd = [str(Path(sys.executable).parent / "lowbit"), "qat", MODEL, "--recipe", recipe, "--json", str(out),
-               "--distill" if distill else "--no-distill"]
+               "--distill" if distill else "--no-distill", "--out", str(MODELS / f"{name}.lowbit")]
         if epochs is not None:
             cmd += ["--epochs", str(epochs)]
         if train_size is not None:

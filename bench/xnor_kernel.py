@@ -14,6 +14,12 @@ A last row times the whole layer, ``binary_conv2d`` (word-level im2col, padding 
 activation packing included) against ``F.conv2d`` on the ±1 tensors.
 
     python bench/xnor_kernel.py [--threads 2] [--repeats 15]
+
+``--network FILE.lowbit`` instead runs a whole converted binary network (e.g. the ``xnor`` model that
+``bench/qat_table.py`` writes to bench/results/qat_models/xnor.lowbit) both ways on the 10k test
+images: the float simulation and :func:`lowbit.runtime.to_bitwise` (binary layers on the kernels);
+accuracy of each, top-1 agreement, the largest logit difference, and the latency ratio at batch
+256 (interleaved medians); writes bench/results/xnor_network.json.
 """
 
 from __future__ import annotations
@@ -70,14 +76,42 @@ def numba_version() -> str | None:
         return None
 
 
+def network(path: str, warmup: int, repeats: int) -> None:
+    import lowbit
+    from lowbit.data import load_fashion_mnist
+    from lowbit.runtime import to_bitwise
+
+    sim = lowbit.load(path).eval()
+    fast, info = to_bitwise(sim)
+    test = load_fashion_mnist("test")
+    with torch.no_grad():
+        ys = torch.cat([sim(test.images[i : i + 1000]) for i in range(0, len(test), 1000)])
+        yb = torch.cat([fast(test.images[i : i + 1000]) for i in range(0, len(test), 1000)])
+        x = test.images[:256]
+        med, _ = race({"float_sim": lambda: sim(x), "bitwise": lambda: fast(x)}, warmup, repeats)
+    r = {"model": str(path), "bitwise_layers": info["bitwise_layers"], "kept": info["kept"],
+         "accuracy_sim": float((ys.argmax(1) == test.labels).float().mean() * 100),
+         "accuracy_bitwise": float((yb.argmax(1) == test.labels).float().mean() * 100),
+         "top1_agreement": float((ys.argmax(1) == yb.argmax(1)).float().mean() * 100),
+         "max_abs_logit_diff": float((ys - yb).abs().max()), "latency_bitwise_over_sim_b256": med["bitwise"] / med["float_sim"],
+         "threads": torch.get_num_threads(), "backend": xnor_backend()}
+    for k, v in r.items():
+        print(f"{k:32s} {v}")
+    (HERE / "results" / "xnor_network.json").write_text(json.dumps(r, indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--network", default=None, help="a converted binary model (.lowbit): run it bitwise vs simulated")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=15)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)  # the numba kernels follow torch's thread count
     backend = xnor_backend()  # compiles / loads the kernels outside the timings
+    if args.network:
+        network(args.network, args.warmup, max(5, args.repeats // 3))
+        return
     rows = []
     for name, (M, K, N) in GEMMS.items():
         a, w = pm1(M, K, seed=0), pm1(N, K, seed=1)
