@@ -40,7 +40,7 @@ from lowbit.algorithms.dfq import DFQConfig
 from lowbit.algorithms.iterative import IterativeConfig
 from lowbit.algorithms.zeroq import distill_data
 from lowbit.data import load_fashion_mnist
-from lowbit.io import atomic_write_text
+from lowbit.io import atomic_write_text, save_figure
 from lowbit.zoo import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,10 +163,7 @@ def plot(table: dict) -> None:
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, ncol=2, loc="lower left")
     fig.tight_layout()
-    PLOT.parent.mkdir(parents=True, exist_ok=True)
-    tmp = PLOT.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(PLOT)
+    save_figure(fig, PLOT)
     print(f"\nplot: {PLOT.relative_to(ROOT)}")
 
 

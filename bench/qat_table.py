@@ -151,6 +151,8 @@ def plot(table: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from lowbit.io import save_figure
+
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     names = [n for n in RUNS if n in table]
     ax.barh(range(len(names)), [table[n]["drop_pp"] for n in names], color="tab:blue")
@@ -159,10 +161,7 @@ def plot(table: dict) -> None:
     ax.invert_yaxis()
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
-    PLOT.parent.mkdir(parents=True, exist_ok=True)
-    tmp = PLOT.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(PLOT)
+    save_figure(fig, PLOT)
     print(f"\nplot: {PLOT.relative_to(ROOT)}")
 
 

@@ -91,3 +91,24 @@ def load_weights_into(model: torch.nn.Module, state: dict[str, torch.Tensor], so
             parts.append(f"shape mismatches {shapes[:4]}")
         raise WeightsError(f"{source} does not match the model: " + "; ".join(parts))
     model.load_state_dict(state)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Write a matplotlib figure as PNG atomically (rendered in memory, then :func:`atomic_write_bytes`).
+
+    Example:
+        >>> import tempfile, os, matplotlib
+        >>> matplotlib.use("Agg")
+        >>> import matplotlib.pyplot as plt
+        >>> fig, ax = plt.subplots(); _ = ax.plot([0, 1])
+        >>> save_figure(fig, os.path.join(tempfile.mkdtemp(), "p.png")).read_bytes()[:4]
+        b'\\x89PNG'
+    """
+    import io as _io
+
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
+    return path

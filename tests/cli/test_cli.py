@@ -70,15 +70,7 @@ def test_quantize_user_file_with_weights(tmp_path):
     from lowbit.zoo import load_model
 
     src = tmp_path / "my_model.py"
-    src.write_text(
-        "import torch.nn as nn\n"
-        "class MyMLP(nn.Module):\n"
-        "    def __init__(self):\n"
-        "        super().__init__()\n"
-        "        self.flatten = nn.Flatten(); self.fc1 = nn.Linear(784, 128); self.relu = nn.ReLU(); self.fc2 = nn.Linear(128, 10)\n"
-        "    def forward(self, x):\n"
-        "        return self.fc2(self.relu(self.fc1(self.flatten(x))))\n"
-    )
+    src.write_text(USER_MLP)
     w = tmp_path / "w.pt"
     torch.save(load_model("fmnist-mlp").state_dict(), w)
     js = tmp_path / "r.json"
