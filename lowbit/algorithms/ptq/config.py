@@ -38,7 +38,10 @@ class PTQConfig(Config):
         overrides: per-layer specs, applied in order (later wins).
         fold_bn: fold BatchNorm into the preceding conv / linear first.
         quantize_adds: capture functional residual adds and average pooling with torch.fx and quantize
-            them (with the base activation spec, per tensor) as integer runtimes execute them.
+            them (per tensor) as integer runtimes execute them.
+        add_activation: the spec of those adds / pools (``None``: the base ``activation`` spec). Very
+            low-bit recipes keep the residual sums at 8 bits (W2A2 with 2-bit sums loses the shortcut's
+            information), as the LSQ / DoReFa papers keep shortcuts in higher precision.
         group_policy: per-group weights whose group size does not divide a layer's input
             channels: ``error`` (default), ``ignore`` (keep that layer float) or ``adjust``
             (largest divisor of the channel count below the group size).
@@ -54,6 +57,7 @@ class PTQConfig(Config):
     overrides: tuple[Override, ...] = ()
     fold_bn: bool = True
     quantize_adds: bool = True
+    add_activation: QuantSpec | None = None
     group_policy: str = "error"
     calib_size: int = 512
     description: str = ""
@@ -61,6 +65,8 @@ class PTQConfig(Config):
     def __post_init__(self) -> None:
         if self.weight is None and self.activation is None:
             raise ConfigError("PTQConfig needs a weight or an activation quantizer (both are None)")
+        if self.add_activation is not None and not isinstance(self.add_activation, QuantSpec):
+            raise ConfigError(f"add_activation must be a QuantSpec or None, got {type(self.add_activation).__name__}")
         if self.group_policy not in GROUP_POLICIES:
             raise ConfigError(f"group_policy must be one of {list(GROUP_POLICIES)}, got {self.group_policy!r}")
         if not isinstance(self.calib_size, int) or self.calib_size < 1:
@@ -76,6 +82,9 @@ class PTQConfig(Config):
         for key in ("weight", "activation"):
             if key in d and d[key] is not None:
                 d[key] = QuantSpec.from_dict(d[key], key)
+        if isinstance(d.get("add_activation"), dict):  # a partial spec patches the activation spec
+            merged = {**(d["activation"].to_dict() if d.get("activation") is not None else {}), **d["add_activation"]}
+            d["add_activation"] = QuantSpec.from_dict(merged, "add_activation")
         d["layers"] = tuple(Select.from_dict(s) for s in d.get("layers", ()) or ())
         d["exclude"] = tuple(Select.from_dict(s) for s in d.get("exclude", ()) or ())
         raw_overrides = d.pop("overrides", ()) or ()

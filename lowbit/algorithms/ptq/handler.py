@@ -99,7 +99,7 @@ def quantize_ptq(model: nn.Module, config: PTQConfig) -> tuple[nn.Module, dict]:
             "activation_bits": a.bits if a is not None else 32,
         }
     if config.quantize_adds and config.activation is not None:
-        add_spec = config.activation
+        add_spec = config.add_activation if config.add_activation is not None else config.activation
         if not isinstance(add_spec.granularity, PerTensor):
             add_spec = add_spec.replace(granularity="per_tensor")
         model, found = quantize_functional_ops(model, add_spec)
