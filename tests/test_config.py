@@ -74,3 +74,14 @@ def test_configs_are_frozen_and_typed():
         spec.observer = "mse"  # type: ignore[misc]
     assert spec.describe() == "uint4 affine per_group(16) minmax"
     assert isinstance(Override.from_dict({"select": "x"}).select, Select)
+
+
+def test_add_activation_patches_the_activation_spec():
+    cfg = lowbit.PTQConfig.from_yaml("""
+activation: {bits: 2, signed: false, mapping: affine, observer: mse}
+add_activation: {bits: 8}
+""")
+    assert cfg.add_activation.bits == 8 and cfg.add_activation.observer == "mse" and not cfg.add_activation.format.signed
+    assert lowbit.PTQConfig.from_yaml(cfg.to_yaml()) == cfg
+    with pytest.raises(ConfigError, match="add_activation must be a QuantSpec"):
+        lowbit.PTQConfig(add_activation=8)

@@ -115,6 +115,20 @@ def test_signed_activations_and_per_tensor_weights():
     assert torch.equal(IntegerEngine(q)(x), integer_exact(q)(x))
 
 
+def test_low_bit_layers_with_8bit_residual_sums_bit_exact(fmnist_calib, fmnist_test):
+    """add_activation puts the residual sums on their own (8-bit) grid while layer inputs stay at 4 bits:
+    no grid is shared across the two widths, and the integer program still matches its simulation."""
+    cfg = lowbit.load_recipe("w4a4").replace(add_activation=lowbit.load_recipe("w8a8").activation)
+    q = lowbit.quantize_(load_model("fmnist-resnet"), cfg, data=fmnist_calib)
+    from lowbit.nn import QuantAdd
+
+    adds = [m for m in q.modules() if isinstance(m, QuantAdd)]
+    assert adds and all(a.output_quant.spec.bits == 8 for a in adds)
+    assert q.get_submodule("layers.1.conv1").input_quant.spec.bits == 4
+    x = fmnist_test.images[:64]
+    assert torch.equal(IntegerEngine(q)(x), integer_exact(q)(x))
+
+
 # ---------------------------------------------------------------- bad input
 def _quantized(model, recipe="w8a8", **replace):
     cfg = lowbit.load_recipe(recipe)

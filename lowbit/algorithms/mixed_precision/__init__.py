@@ -1,0 +1,14 @@
+"""Mixed precision: per-layer sensitivity (output error, loss change, Hessian trace) and an exact
+budgeted search over per-layer (weight, activation) widths."""
+
+from .search import FLOAT as FLOAT
+from .search import METRICS as METRICS
+from .search import Plan as Plan
+from .search import default_pairs as default_pairs
+from .search import model_cost as model_cost
+from .search import pareto_frontier as pareto_frontier
+from .search import search as search
+from .sensitivity import ESTIMATORS as ESTIMATORS
+from .sensitivity import LayerProbe as LayerProbe
+from .sensitivity import SensitivityReport as SensitivityReport
+from .sensitivity import layer_sensitivity as layer_sensitivity
