@@ -33,7 +33,7 @@ def test_hutchinson_trace_matches_the_exact_hessian_trace():
     probe = LayerProbe(model, lowbit.PTQConfig(), [data[0][0]], (4,))
     x, y = data[0]
     w_tr, _ = _hutchinson(probe, data, n_vectors=400, seed=0)
-    for i, name in enumerate(probe.layers):
+    for name in probe.layers:
         w0 = probe.mods[name].weight.detach().clone()
 
         def loss_of(w, name=name):
