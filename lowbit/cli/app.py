@@ -280,6 +280,101 @@ def qat(
         typer.echo(f"converted model: {out}")
 
 
+def _sensitivity(model: str, recipe: str, weights: str | None, bits: str, estimators: str, samples: int, data_dir: str | None):
+    from ..algorithms.mixed_precision import layer_sensitivity
+    from ..data import load_fashion_mnist
+    from ..recipes import load_recipe
+    from ..zoo.resolve import load_model_spec
+
+    try:
+        widths = [int(b) for b in bits.split(",") if b.strip()]
+    except ValueError:
+        raise ConfigError(f"--bits must be a comma list of integers such as 2,3,4,6,8, got {bits!r}") from None
+    if samples < 1:
+        raise ConfigError(f"--samples must be >= 1, got {samples}")
+    base = load_recipe(recipe)
+    float_model = load_model_spec(model, weights)
+    train = load_fashion_mnist("train", data_dir).subset(samples, seed=0)
+    data = [(train.images[i:i + 128], train.labels[i:i + 128]) for i in range(0, samples, 128)]
+    rep = layer_sensitivity(float_model, base, data, bits=widths, estimators=[e.strip() for e in estimators.split(",") if e.strip()],
+                            max_samples=samples)
+    return base, float_model, rep
+
+
+@app.command()
+@guarded
+def sensitivity(
+    model: str = typer.Argument(..., help="zoo name or path/to/file.py:ClassOrFactory"),
+    recipe: str = typer.Option("w4a8", "--recipe", "-r", help="base PTQ recipe: its weight / activation specs are probed at each width"),
+    weights: str | None = typer.Option(None, help="state_dict file for a user model"),
+    bits: str = typer.Option("2,3,4,6,8", help="candidate widths"),
+    estimators: str = typer.Option("mse,loss,hessian", help="any of mse, loss, hessian"),
+    samples: int = typer.Option(512, help="labelled training images used"),
+    json_path: str | None = typer.Option(None, "--json", help="write the sensitivity report here (input of lowbit mixed --sensitivity)"),
+    data_dir: str | None = typer.Option(None, help="Fashion-MNIST folder"),
+) -> None:
+    """Per-layer sensitivity of MODEL: each layer alone quantized at each width; ranked table."""
+    from ..io import atomic_write_text
+
+    _, _, rep = _sensitivity(model, recipe, weights, bits, estimators, samples, data_dir)
+    typer.echo(rep.markdown())
+    if json_path:
+        atomic_write_text(json_path, json.dumps(rep.to_dict(), indent=1) + "\n")
+
+
+@app.command()
+@guarded
+def mixed(
+    model: str = typer.Argument(..., help="zoo name or path/to/file.py:ClassOrFactory"),
+    recipe: str = typer.Option("w4a8", "--recipe", "-r", help="base PTQ recipe (specs searched over widths)"),
+    average_bits: float | None = typer.Option(None, "--avg-bits", help="size budget: this many bits per weight on average"),
+    bitops_ratio: float | None = typer.Option(None, help="BitOPs budget as a fraction of the uniform W8A8 model"),
+    estimator: str = typer.Option("hessian", help="sensitivity to minimize: mse, loss or hessian"),
+    activation_bits: str = typer.Option("8", help="candidate activation widths, e.g. 8 or 4,8"),
+    keep_ends: bool = typer.Option(True, help="pin the first and last layer at W8A8 (as the recipes do)"),
+    weights: str | None = typer.Option(None, help="state_dict file for a user model"),
+    bits: str = typer.Option("2,3,4,6,8", help="candidate weight widths"),
+    samples: int = typer.Option(512, help="labelled training images for the sensitivities"),
+    out: str | None = typer.Option(None, help="write the plan as a recipe YAML (use it with lowbit quantize --recipe)"),
+    evaluate: bool = typer.Option(True, help="quantize with the plan and evaluate on the 10k test set"),
+    data_dir: str | None = typer.Option(None, help="Fashion-MNIST folder"),
+) -> None:
+    """Mixed precision: measure sensitivities, solve the budgeted MILP, write / evaluate the plan."""
+    from ..algorithms.mixed_precision import model_cost, search, size_for_average_bits
+    from ..io import atomic_write_text
+    from ..report import quantize_and_measure
+
+    if (average_bits is None) == (bitops_ratio is None):
+        raise ConfigError("give exactly one budget: --avg-bits B (bits per weight) or --bitops-ratio R (of uniform W8A8)")
+    try:
+        abits = [int(a) for a in activation_bits.split(",") if a.strip()]
+        wbits = [int(b) for b in bits.split(",") if b.strip()]
+    except ValueError:
+        raise ConfigError(f"--bits / --activation-bits must be comma lists of integers, got {bits!r} / {activation_bits!r}") from None
+    widths = sorted(set(wbits) | set(abits) | ({8} if keep_ends else set()))
+    base, float_model, rep = _sensitivity(model, recipe, weights, ",".join(map(str, widths)), estimator, samples, data_dir)
+    pairs = [(w, a) for w in wbits for a in abits]
+    fixed = {rep.layers[0]: (8, 8), rep.layers[-1]: (8, 8)} if keep_ends else {}
+    if average_bits is not None:
+        budget = {"size": size_for_average_bits(rep, average_bits)}
+    else:
+        if not 0 < bitops_ratio <= 1:
+            raise ConfigError(f"--bitops-ratio must be in (0, 1], got {bitops_ratio}")
+        budget = {"bitops": bitops_ratio * model_cost(rep, {n: (8, 8) for n in rep.layers}, "bitops")}
+    plan = search(rep, budget, estimator=estimator, pairs=pairs, fixed=fixed)
+    typer.echo(f"plan ({estimator}): {plan.average_weight_bits(rep):.2f} bits per weight on average, budget {budget}")
+    for layer, (w, a) in plan.bits.items():
+        typer.echo(f"  {layer}: W{w}A{a}")
+    config = plan.to_config(base)
+    if out:
+        atomic_write_text(out, config.to_yaml())
+        typer.echo(f"plan recipe: {out}")
+    if evaluate:
+        calib, test = _load_data(data_dir, config.calib_size)
+        _, result = quantize_and_measure(float_model, config, calib, test, recipe=f"{Path(recipe).stem}-mixed", model_name=model)
+        _print_result(result)
+
+
 @app.command("eval")
 @guarded
 def eval_cmd(

@@ -239,3 +239,35 @@ def test_qat_trains_converts_and_resumes(tmp_path):
 def test_qat_errors(args, needle):
     p = run(*args)
     assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr
+
+
+def test_sensitivity_and_mixed_plan_round_trip_through_quantize(tmp_path):
+    js, plan = tmp_path / "s.json", tmp_path / "plan.yaml"
+    p = run("sensitivity", "fmnist-mlp", "--bits", "2,4,8", "--estimators", "mse,hessian", "--samples", "128", "--json", str(js))
+    assert p.returncode == 0, p.stderr
+    rep = json.loads(js.read_text())
+    assert rep["layers"] == ["fc1", "fc2"] and set(rep["weight"]) == {"mse", "hessian"}
+    assert "| 1 |" in p.stdout
+    p = run("mixed", "fmnist-mlp", "--avg-bits", "5", "--bits", "2,4,8", "--no-keep-ends", "--samples", "128", "--out", str(plan))
+    assert p.returncode == 0, p.stderr
+    import yaml
+
+    cfg = yaml.safe_load(plan.read_text())
+    widths = {o["select"]["name"]: o["weight"]["bits"] for o in cfg["overrides"]}
+    n1, n2 = 784 * 128, 128 * 10  # fc1 / fc2 weights of fmnist-mlp
+    assert set(widths) == {"fc1", "fc2"} and (n1 * widths["fc1"] + n2 * widths["fc2"]) / (n1 + n2) <= 5
+    assert "plan (hessian)" in p.stdout and "quant acc %" in p.stdout
+    p = run("quantize", "fmnist-mlp", "--recipe", str(plan), "--calib-size", "128")
+    assert p.returncode == 0, p.stderr
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [(["mixed", "fmnist-mlp"], "give exactly one budget"),
+     (["mixed", "fmnist-mlp", "--avg-bits", "1", "--no-keep-ends", "--samples", "64"], "unreachable"),
+     (["sensitivity", "fmnist-mlp", "--estimators", "fisher"], "unknown sensitivity estimator 'fisher'"),
+     (["sensitivity", "fmnist-mlp", "--bits", "2,x"], "--bits must be a comma list")],
+)
+def test_mixed_errors(args, needle):
+    p = run(*args)
+    assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr

@@ -63,6 +63,14 @@ def model_cost(rep: SensitivityReport, bits: dict[str, tuple[int, int]], metric:
     return sum(pair_cost(rep, n, bits[n], metric, latency) for n in rep.layers)
 
 
+def size_for_average_bits(rep: SensitivityReport, average_bits: float, fixed: dict[str, tuple[int, int]] | None = None) -> float:
+    """The ``size`` budget (bytes) of ``average_bits`` bits per weight over the searched layers,
+    ``sum_l n_l * average_bits / 8`` (so ``plan.average_weight_bits(rep) <= average_bits``)."""
+    if not isinstance(average_bits, int | float) or not 0 < average_bits <= FLOAT:
+        raise ConfigError(f"average bits per weight must be in (0, 32], got {average_bits!r}")
+    return sum(rep.params[n] for n in rep.layers) * average_bits / 8
+
+
 def sensitivity_of(rep: SensitivityReport, layer: str, pair: tuple[int, int], estimator: str) -> float:
     """``S_w[layer][b_w] + S_a[layer][b_a]`` (float parts count 0; an unmeasured activation table counts 0)."""
     wb, ab = pair
