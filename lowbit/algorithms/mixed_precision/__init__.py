@@ -8,6 +8,7 @@ from .search import default_pairs as default_pairs
 from .search import model_cost as model_cost
 from .search import pareto_frontier as pareto_frontier
 from .search import search as search
+from .search import search as search_bit_widths
 from .search import size_for_average_bits as size_for_average_bits
 from .sensitivity import ESTIMATORS as ESTIMATORS
 from .sensitivity import LayerProbe as LayerProbe
