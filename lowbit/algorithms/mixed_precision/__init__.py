@@ -8,9 +8,9 @@ from .search import default_pairs as default_pairs
 from .search import model_cost as model_cost
 from .search import pareto_frontier as pareto_frontier
 from .search import search as search
-from .search import search as search_bit_widths
 from .search import size_for_average_bits as size_for_average_bits
 from .sensitivity import ESTIMATORS as ESTIMATORS
 from .sensitivity import LayerProbe as LayerProbe
 from .sensitivity import SensitivityReport as SensitivityReport
 from .sensitivity import layer_sensitivity as layer_sensitivity
+search_bit_widths = search  # the public name in lowbit/__init__
