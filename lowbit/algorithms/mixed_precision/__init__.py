@@ -13,4 +13,5 @@ from .sensitivity import ESTIMATORS as ESTIMATORS
 from .sensitivity import LayerProbe as LayerProbe
 from .sensitivity import SensitivityReport as SensitivityReport
 from .sensitivity import layer_sensitivity as layer_sensitivity
+
 search_bit_widths = search  # the public name in lowbit/__init__
