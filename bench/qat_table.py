@@ -124,15 +124,18 @@ def ptq_missing(widths: list[tuple[int, int]]) -> None:
             atomic_write_text(METHODS_TABLE, json.dumps(table, indent=1) + "\n")
 
 
+def _ordered(table: dict) -> list[str]:
+    """Run names in RUNS order, each followed by its superseded variants (``NAME@variant``, kept for the record)."""
+    return [n for base in RUNS for n in ([base] if base in table else []) + sorted(k for k in table if k.startswith(base + "@"))]
+
+
 def print_table(table: dict) -> None:
     cells = json.loads(METHODS_TABLE.read_text())[MODEL]["cells"] if METHODS_TABLE.exists() else {}
     print(f"\n### {MODEL}: QAT vs the best post-training method at the same widths (accuracy %, drop pp)\n")
     print("| run | body W/A bits | epochs | initial grids | **QAT** | drop pp | target | best PTQ (method) | QAT − PTQ pp | train s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for name in RUNS:
-        r = table.get(name)
-        if r is None:
-            continue
+    for name in _ordered(table):
+        r = table[name]
         ptq = best_ptq(cells, r["weight_bits"], r["activation_bits"])
         target = TARGETS.get(name)
         met = "" if target is None else f"≤ {target} {'met' if r['drop_pp'] <= target else '**missed**'}"
@@ -154,7 +157,7 @@ def plot(table: dict) -> None:
     from lowbit.io import save_figure
 
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    names = [n for n in RUNS if n in table]
+    names = _ordered(table)
     ax.barh(range(len(names)), [table[n]["drop_pp"] for n in names], color="tab:blue")
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.set(xlabel="accuracy drop vs float, pp (10k test images)", title=f"{MODEL}: QAT recipes")
