@@ -329,6 +329,10 @@ def mixed(
     recipe: str = typer.Option("w4a8", "--recipe", "-r", help="base PTQ recipe (specs searched over widths)"),
     average_bits: float | None = typer.Option(None, "--avg-bits", help="size budget: this many bits per weight on average"),
     bitops_ratio: float | None = typer.Option(None, help="BitOPs budget as a fraction of the uniform W8A8 model"),
+    latency_ratio: float | None = typer.Option(None, help="latency budget as a fraction of the float model's, on ONNX Runtime (measured table)"),
+    latency_table: str | None = typer.Option(None, help="latency table JSON (lowbit latency); default: this machine's cache, measured if absent"),
+    batch: int = typer.Option(1, help="batch size of the latency budget"),
+    allow_float: bool = typer.Option(False, "--float/--no-float", help="also offer float (W32A32) to every searched layer"),
     estimator: str = typer.Option("hessian", help="sensitivity to minimize: mse, loss or hessian"),
     activation_bits: str = typer.Option("8", help="candidate activation widths, e.g. 8 or 4,8"),
     keep_ends: bool = typer.Option(True, help="pin the first and last layer at W8A8 (as the recipes do)"),
@@ -339,13 +343,22 @@ def mixed(
     evaluate: bool = typer.Option(True, help="quantize with the plan and evaluate on the 10k test set"),
     data_dir: str | None = typer.Option(None, help="Fashion-MNIST folder"),
 ) -> None:
-    """Mixed precision: measure sensitivities, solve the budgeted MILP, write / evaluate the plan."""
+    """Mixed precision: measure sensitivities, solve the budgeted MILP, write / evaluate the plan.
+
+    Budgets combine: --avg-bits, --bitops-ratio and --latency-ratio (any of them, at least one).
+    """
     from ..algorithms.mixed_precision import model_cost, search, size_for_average_bits
+    from ..algorithms.mixed_precision.latency import unsupported_pairs
     from ..io import atomic_write_text
     from ..report import quantize_and_measure
 
-    if (average_bits is None) == (bitops_ratio is None):
-        raise ConfigError("give exactly one budget: --avg-bits B (bits per weight) or --bitops-ratio R (of uniform W8A8)")
+    if average_bits is None and bitops_ratio is None and latency_ratio is None:
+        raise ConfigError("give a budget: --avg-bits B (bits per weight), --bitops-ratio R (of uniform W8A8) and/or "
+                          "--latency-ratio R (of float on ONNX Runtime)")
+    if latency_ratio is not None and not 0 < latency_ratio <= 1:
+        raise ConfigError(f"--latency-ratio must be in (0, 1], got {latency_ratio}")
+    if latency_table is not None and latency_ratio is None:
+        raise ConfigError("--latency-table is used with a latency budget; add --latency-ratio R")
     try:
         abits = [int(a) for a in activation_bits.split(",") if a.strip()]
         wbits = [int(b) for b in bits.split(",") if b.strip()]
@@ -353,15 +366,26 @@ def mixed(
         raise ConfigError(f"--bits / --activation-bits must be comma lists of integers, got {bits!r} / {activation_bits!r}") from None
     widths = sorted(set(wbits) | set(abits) | ({8} if keep_ends else set()))
     base, float_model, rep = _sensitivity(model, recipe, weights, ",".join(map(str, widths)), estimator, samples, data_dir)
-    pairs = [(w, a) for w in wbits for a in abits]
+    pairs = [(w, a) for w in wbits for a in abits] + ([(32, 32)] if allow_float else [])
     fixed = {rep.layers[0]: (8, 8), rep.layers[-1]: (8, 8)} if keep_ends else {}
+    budget: dict[str, float] = {}
     if average_bits is not None:
-        budget = {"size": size_for_average_bits(rep, average_bits)}
-    else:
+        budget["size"] = size_for_average_bits(rep, average_bits)
+    if bitops_ratio is not None:
         if not 0 < bitops_ratio <= 1:
             raise ConfigError(f"--bitops-ratio must be in (0, 1], got {bitops_ratio}")
-        budget = {"bitops": bitops_ratio * model_cost(rep, {n: (8, 8) for n in rep.layers}, "bitops")}
-    plan = search(rep, budget, estimator=estimator, pairs=pairs, fixed=fixed)
+        budget["bitops"] = bitops_ratio * model_cost(rep, {n: (8, 8) for n in rep.layers}, "bitops")
+    table = None
+    if latency_ratio is not None:
+        bad = unsupported_pairs(pairs)
+        if bad:
+            raise UnsupportedError(f"ONNX Runtime (CPU) cannot execute candidates {', '.join(f'W{w}A{a}' for w, a in bad)} "
+                                   "(integer grids of 1 to 8 bits run as int8; 32 = float); drop them from --bits / --activation-bits")
+        table = _latency_table(float_model, base, latency_table, batch, data_dir)
+        budget["latency"] = latency_ratio * table.float_seconds
+        typer.echo(f"latency table: int8 {table.int8_seconds * 1e3:.3f} ms, float {table.float_seconds * 1e3:.3f} ms per call "
+                   f"at batch {batch}; budget {budget['latency'] * 1e3:.3f} ms")
+    plan = search(rep, budget, estimator=estimator, pairs=pairs, fixed=fixed, latency=table)
     typer.echo(f"plan ({estimator}): {plan.average_weight_bits(rep):.2f} bits per weight on average, budget {budget}")
     for layer, (w, a) in plan.bits.items():
         typer.echo(f"  {layer}: W{w}A{a}")
@@ -373,6 +397,71 @@ def mixed(
         calib, test = _load_data(data_dir, config.calib_size)
         _, result = quantize_and_measure(float_model, config, calib, test, recipe=f"{Path(recipe).stem}-mixed", model_name=model)
         _print_result(result)
+        if table is not None:
+            import copy
+
+            from ..algorithms.mixed_precision.latency import measure_plan_latency
+            from ..api import quantize_
+
+            timed = quantize_(copy.deepcopy(float_model), config, data=calib)  # a clean copy (no diagnostics hooks) for export
+            m = measure_plan_latency(timed, float_model, test.images[:1], batch=batch, threads=table.threads)
+            pred = table.predict(plan.bits)
+            typer.echo(f"latency: measured {m['plan'] * 1e3:.3f} ms ({m['ratio']:.2f}x float), predicted {pred * 1e3:.3f} ms "
+                       f"({(pred - m['plan']) / m['plan']:+.1%})")
+
+
+def _latency_table(float_model, base, path: str | None, batch: int, data_dir: str | None, threads: int = 2):
+    """The latency table of ``path`` (checked against this machine and model), else this machine's cached / measured one."""
+    import copy
+
+    from ..algorithms.mixed_precision.latency import LatencyTable, cached_latency_table, machine_fingerprint, quantized_model_key
+    from ..api import quantize_
+    from ..data import load_fashion_mnist
+
+    calib = load_fashion_mnist("train", data_dir).subset(min(base.calib_size, 256), seed=0)
+    q = quantize_(copy.deepcopy(float_model), base.replace(weight=base.weight.replace(bits=8)), data=calib)
+    if path is not None:
+        t = LatencyTable.load(path)
+        t.check(machine_fingerprint(threads), quantized_model_key(q, calib.images[:1]), batch)
+        return t
+    t, fresh = cached_latency_table(q, calib.images[:1], batch=batch, threads=threads)
+    typer.echo(f"latency table: {'measured now and cached' if fresh else 'cached, measured on this machine'}")
+    return t
+
+
+@app.command()
+@guarded
+def latency(
+    model: str = typer.Argument(..., help="zoo name or path/to/file.py:ClassOrFactory"),
+    recipe: str = typer.Option("w8a8", "--recipe", "-r", help="PTQ recipe the table is measured with (int8 kernels)"),
+    weights: str | None = typer.Option(None, help="state_dict file for a user model"),
+    batch: int = typer.Option(1, help="batch size"),
+    threads: int = typer.Option(2, help="ONNX Runtime intra-op threads"),
+    repeats: int = typer.Option(15, help="timing rounds (median)"),
+    out: str = typer.Option(..., "--out", help="write the latency table JSON here"),
+    data_dir: str | None = typer.Option(None, help="Fashion-MNIST folder"),
+) -> None:
+    """Measure MODEL's per-layer latency table (int8 vs float per layer) on ONNX Runtime on this machine."""
+    import copy
+
+    from ..algorithms.mixed_precision.latency import measure_latency_table
+    from ..api import quantize_
+    from ..data import load_fashion_mnist
+    from ..recipes import load_recipe
+    from ..zoo.resolve import load_model_spec
+
+    if threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
+    config = load_recipe(recipe)
+    float_model = load_model_spec(model, weights)
+    calib = load_fashion_mnist("train", data_dir).subset(min(config.calib_size, 256), seed=0)
+    q = quantize_(copy.deepcopy(float_model), config, data=calib)
+    t = measure_latency_table(q, calib.images[:1], batch=batch, threads=threads, repeats=repeats)
+    t.save(out)
+    typer.echo(f"all int8 {t.int8_seconds * 1e3:.3f} ms, all float {t.float_seconds * 1e3:.3f} ms per call at batch {batch}")
+    for n, d in sorted(t.layers.items(), key=lambda kv: -kv[1]):
+        typer.echo(f"  {n}: float costs {d * 1e3:+.3f} ms")
+    typer.echo(f"latency table: {out}")
 
 
 @app.command("eval")

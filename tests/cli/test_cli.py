@@ -263,7 +263,12 @@ def test_sensitivity_and_mixed_plan_round_trip_through_quantize(tmp_path):
 
 @pytest.mark.parametrize(
     "args,needle",
-    [(["mixed", "fmnist-mlp"], "give exactly one budget"),
+    [(["mixed", "fmnist-mlp"], "give a budget"),
+     (["mixed", "fmnist-mlp", "--latency-ratio", "1.5"], "--latency-ratio must be in (0, 1]"),
+     (["mixed", "fmnist-mlp", "--avg-bits", "4", "--latency-table", "t.json"], "add --latency-ratio"),
+     (["mixed", "fmnist-mlp", "--recipe", "w4-weight-only", "--latency-ratio", "0.7", "--samples", "64"], "per_group weights cannot"),
+     (["mixed", "fmnist-mlp", "--latency-ratio", "0.7", "--latency-table", "/nonexistent/t.json", "--samples", "64"],
+      "does not exist"),
      (["mixed", "fmnist-mlp", "--avg-bits", "1", "--no-keep-ends", "--samples", "64"], "unreachable"),
      (["sensitivity", "fmnist-mlp", "--estimators", "fisher"], "unknown sensitivity estimator 'fisher'"),
      (["sensitivity", "fmnist-mlp", "--bits", "2,x"], "--bits must be a comma list")],
@@ -271,3 +276,23 @@ def test_sensitivity_and_mixed_plan_round_trip_through_quantize(tmp_path):
 def test_mixed_errors(args, needle):
     p = run(*args)
     assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr
+
+
+def test_latency_table_cli_and_latency_budgeted_mixed(tmp_path):
+    table = tmp_path / "t.json"
+    p = run("latency", "fmnist-mlp", "--repeats", "3", "--out", str(table))
+    assert p.returncode == 0, p.stderr
+    t = json.loads(table.read_text())
+    assert t["format"] == "lowbit-latency-table/1" and set(t["layers"]) == {"fc1", "fc2"} and t["int8_seconds"] > 0
+    # int8 is barely faster than float for this small MLP (timing noise decides); make the budget reachable
+    t["int8_seconds"], t["layers"] = 0.5 * t["float_seconds"], {"fc1": 0.4 * t["float_seconds"], "fc2": 0.1 * t["float_seconds"]}
+    table.write_text(json.dumps(t))
+    p = run("mixed", "fmnist-mlp", "--latency-ratio", "0.7", "--latency-table", str(table), "--bits", "4,8", "--no-keep-ends",
+            "--float", "--samples", "64", "--estimator", "mse")
+    assert p.returncode == 0, p.stderr
+    assert "latency: measured" in p.stdout and "predicted" in p.stdout
+    assert "fc1: W32A32" not in p.stdout  # float fc1 would cost 0.9x float > the 0.7x budget
+    t["machine"]["cpu"] = "some other CPU"
+    table.write_text(json.dumps(t))
+    p = run("mixed", "fmnist-mlp", "--latency-ratio", "0.9", "--latency-table", str(table), "--samples", "64", "--no-evaluate")
+    assert p.returncode == 2 and "measured elsewhere" in p.stderr and "Traceback" not in p.stderr

@@ -1,6 +1,11 @@
 """Mixed precision: per-layer sensitivity (output error, loss change, Hessian trace) and an exact
-budgeted search over per-layer (weight, activation) widths."""
+budgeted search over per-layer (weight, activation) widths under size, BitOPs or measured-latency budgets."""
 
+from .latency import LatencyTable as LatencyTable
+from .latency import LatencyTableMismatch as LatencyTableMismatch
+from .latency import cached_latency_table as cached_latency_table
+from .latency import kernel_of as kernel_of
+from .latency import measure_latency_table as measure_latency_table
 from .search import FLOAT as FLOAT
 from .search import METRICS as METRICS
 from .search import Plan as Plan

@@ -13,7 +13,8 @@ solved exactly by ``scipy.optimize.milp`` (HiGHS branch and bound). Costs:
 
 * ``size``: stored weight bytes, ``n_l b_w / 8`` (float: 4 bytes a weight);
 * ``bitops``: ``MACs_l * b_w * b_a`` per sample;
-* ``latency``: a measured per-layer table ``{layer: {(b_w, b_a): seconds}}`` (hardware-aware).
+* ``latency``: a measured :class:`~.latency.LatencyTable` (or a plain ``{layer: {(b_w, b_a): seconds}}``);
+  with a table the summed cost is its predicted end-to-end latency (hardware-aware).
 
 Example:
     >>> from lowbit.algorithms.mixed_precision import SensitivityReport
@@ -49,7 +50,9 @@ def pair_cost(rep: SensitivityReport, layer: str, pair: tuple[int, int], metric:
         return float(rep.macs[layer]) * wb * ab
     if metric == "latency":
         if latency is None:
-            raise ConfigError("a latency budget needs a measured latency table (latency=...; see lowbit.runtime latency tables)")
+            raise ConfigError("a latency budget needs a measured latency table (latency=...; see measure_latency_table)")
+        if hasattr(latency, "cost"):  # a LatencyTable
+            return latency.cost(layer, pair)
         try:
             return float(latency[layer][pair])
         except KeyError:
@@ -162,7 +165,7 @@ def search(
         estimator: which sensitivity to minimize.
         pairs: candidate ``(b_w, b_a)`` pairs (default: every measured width at A8).
         fixed: layers pinned to a pair (e.g. the first and last layer at ``(8, 8)``).
-        latency: per-layer latency table for a ``latency`` budget.
+        latency: a :class:`~.latency.LatencyTable` (or ``{layer: {pair: seconds}}``) for a ``latency`` budget.
 
     Raises:
         ConfigError: an empty / unknown budget, an unreachable budget (the message names the
@@ -184,6 +187,11 @@ def search(
     if unknown:
         raise ConfigError(f"fixed layer {unknown[0]!r} is not in the sensitivity report; layers: {rep.layers}")
     per_layer = {n: ([tuple(fixed[n])] if n in fixed else cands) for n in rep.layers}
+    if latency is not None and hasattr(latency, "costs"):  # a measured LatencyTable
+        missing = sorted(set(rep.layers) - set(latency.layers))
+        if missing:
+            raise ConfigError(f"the latency table has no entry for layer(s) {missing[:4]}; it was measured for another model")
+        latency = latency.costs(sorted({p for ps in per_layer.values() for p in ps}))
     index = [(n, p) for n in rep.layers for p in per_layer[n]]
     c = np.array([sensitivity_of(rep, n, p, estimator) for n, p in index])
     one = np.zeros((len(rep.layers), len(index)))
