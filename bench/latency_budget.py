@@ -110,7 +110,8 @@ def main() -> None:
 
 def _print(results: dict) -> None:
     for name, row in results.items():
-        print(f"\n### {name}: latency budget {row['budget_ratio']}x float on ONNX Runtime (batch {row['table']['batch']}, 2 threads; float {row['fp32']:.2f} %)\n")
+        b = row["table"]["batch"]
+        print(f"\n### {name}: latency budget {row['budget_ratio']}x float on ONNX Runtime (batch {b}, 2 threads; float {row['fp32']:.2f} %)\n")
         print("| configuration | accuracy % | measured latency / float | predicted / float | prediction error | meets budget |")
         print("|---|---|---|---|---|---|")
         for k, r in [*row["uniform"].items(), *(("mixed " + k, r) for k, r in row["plans"].items())]:
