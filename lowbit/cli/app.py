@@ -359,6 +359,14 @@ def mixed(
         raise ConfigError(f"--latency-ratio must be in (0, 1], got {latency_ratio}")
     if latency_table is not None and latency_ratio is None:
         raise ConfigError("--latency-table is used with a latency budget; add --latency-ratio R")
+    if latency_ratio is not None:
+        from ..quant import PerChannel, PerTensor
+        from ..recipes import load_recipe
+
+        w = load_recipe(recipe).weight
+        if w is not None and not isinstance(w.granularity, PerTensor | PerChannel):
+            raise UnsupportedError(f"recipe {recipe}: {w.granularity.name} weights cannot run on ONNX Runtime's int8 kernels "
+                                   "(no QDQ form below opset 21), so there is no latency to budget; use a per-channel recipe such as w4a8")
     try:
         abits = [int(a) for a in activation_bits.split(",") if a.strip()]
         wbits = [int(b) for b in bits.split(",") if b.strip()]

@@ -266,7 +266,7 @@ def test_sensitivity_and_mixed_plan_round_trip_through_quantize(tmp_path):
     [(["mixed", "fmnist-mlp"], "give a budget"),
      (["mixed", "fmnist-mlp", "--latency-ratio", "1.5"], "--latency-ratio must be in (0, 1]"),
      (["mixed", "fmnist-mlp", "--avg-bits", "4", "--latency-table", "t.json"], "add --latency-ratio"),
-     (["mixed", "fmnist-mlp", "--recipe", "w4-weight-only", "--latency-ratio", "0.7", "--samples", "64"], "per_group weights cannot"),
+     (["mixed", "fmnist-mlp", "--recipe", "w4-weight-only", "--latency-ratio", "0.7", "--samples", "64"], "weights cannot run on ONNX Runtime"),
      (["mixed", "fmnist-mlp", "--latency-ratio", "0.7", "--latency-table", "/nonexistent/t.json", "--samples", "64"],
       "does not exist"),
      (["mixed", "fmnist-mlp", "--avg-bits", "1", "--no-keep-ends", "--samples", "64"], "unreachable"),
