@@ -348,7 +348,6 @@ def mixed(
     Budgets combine: --avg-bits, --bitops-ratio and --latency-ratio (any of them, at least one).
     """
     from ..algorithms.mixed_precision import model_cost, search, size_for_average_bits
-    from ..algorithms.mixed_precision.latency import unsupported_pairs
     from ..io import atomic_write_text
     from ..report import quantize_and_measure
 
@@ -385,10 +384,6 @@ def mixed(
         budget["bitops"] = bitops_ratio * model_cost(rep, {n: (8, 8) for n in rep.layers}, "bitops")
     table = None
     if latency_ratio is not None:
-        bad = unsupported_pairs(pairs)
-        if bad:
-            raise UnsupportedError(f"ONNX Runtime (CPU) cannot execute candidates {', '.join(f'W{w}A{a}' for w, a in bad)} "
-                                   "(integer grids of 1 to 8 bits run as int8; 32 = float); drop them from --bits / --activation-bits")
         table = _latency_table(float_model, base, latency_table, batch, data_dir)
         budget["latency"] = latency_ratio * table.float_seconds
         typer.echo(f"latency table: int8 {table.int8_seconds * 1e3:.3f} ms, float {table.float_seconds * 1e3:.3f} ms per call "
