@@ -139,14 +139,17 @@ class QuantSpec:
 @dataclass(frozen=True, kw_only=True)
 class Select:
     """A module selector: exact ``name``, ``regex`` over qualified names, layer ``type`` name, or
-    ``position`` (``first`` / ``last`` quantizable layer). Matching nothing is an error."""
+    ``position`` (``first`` / ``last`` quantizable layer). Matching nothing is an error, unless
+    ``optional`` is true: then a selector that matches nothing selects nothing (for shipped recipes
+    that name layers only some models have, e.g. ``{regex: shortcut, optional: true}``)."""
 
     name: str | None = None
     regex: str | None = None
     type: str | None = None
     position: str | None = None
+    optional: bool = False
 
-    KEYS: ClassVar[set[str]] = {"name", "regex", "type", "position"}
+    KEYS: ClassVar[set[str]] = {"name", "regex", "type", "position", "optional"}
 
     def __post_init__(self) -> None:
         given = [k for k in ("name", "regex", "type", "position") if getattr(self, k) is not None]
@@ -154,6 +157,8 @@ class Select:
             raise ConfigError(f"a selector takes exactly one of name / regex / type / position, got {given or 'none'}")
         if self.position is not None and self.position not in ("first", "last"):
             raise ConfigError(f"selector position must be 'first' or 'last', got {self.position!r}")
+        if not isinstance(self.optional, bool):
+            raise ConfigError(f"selector 'optional' must be true or false, got {self.optional!r}")
         if self.regex is not None:
             import re
 
@@ -163,7 +168,10 @@ class Select:
                 raise ConfigError(f"selector regex {self.regex!r} is invalid: {e}") from None
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("name", "regex", "type", "position") if getattr(self, k) is not None}
+        d = {k: getattr(self, k) for k in ("name", "regex", "type", "position") if getattr(self, k) is not None}
+        if self.optional:
+            d["optional"] = True
+        return d
 
     @classmethod
     def from_dict(cls, d: dict | str) -> Select:

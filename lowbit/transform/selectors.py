@@ -32,10 +32,13 @@ def _is_quant(m: nn.Module) -> bool:
 
 
 def resolve(sel: Select, model: nn.Module, candidates: list[str]) -> list[str]:
-    """Names among ``candidates`` that ``sel`` matches; raises SelectorError when none do."""
+    """Names among ``candidates`` that ``sel`` matches; raises SelectorError when none do (an
+    ``optional`` selector returns ``[]`` instead)."""
     mods = dict(model.named_modules())
     if sel.name is not None:
         if sel.name not in mods:
+            if sel.optional:
+                return []
             raise SelectorError(
                 f"selector name={sel.name!r} matches no module; quantizable layers are {candidates[:12]}"
                 + (" ..." if len(candidates) > 12 else "")
@@ -50,7 +53,7 @@ def resolve(sel: Select, model: nn.Module, candidates: list[str]) -> list[str]:
                or any(b.__name__ == sel.type for b in type(mods[c]).__mro__)]
     else:
         out = candidates[:1] if sel.position == "first" else candidates[-1:]
-    if not out:
+    if not out and not sel.optional:
         raise SelectorError(
             f"selector {sel.to_dict()} matches no quantizable layer; the model's quantizable layers are "
             f"{candidates[:12]}{' ...' if len(candidates) > 12 else ''}"

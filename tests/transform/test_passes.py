@@ -4,7 +4,7 @@ from torch import nn
 
 from lowbit.algorithms.ptq.config import DEFAULT_ACTIVATION
 from lowbit.config import Select
-from lowbit.errors import SelectorError
+from lowbit.errors import ConfigError, SelectorError
 from lowbit.nn import QuantAdd
 from lowbit.transform import FoldBatchNorm, quantizable_layers, quantize_functional_ops, resolve
 from lowbit.zoo.models import FmnistMobileNet, FmnistResNet
@@ -91,6 +91,31 @@ def test_selector_matching_nothing_is_error(sel):
     m = FmnistResNet()
     with pytest.raises(SelectorError, match="match"):
         resolve(sel, m, quantizable_layers(m))
+
+
+@pytest.mark.parametrize("sel", [Select(name="nope", optional=True), Select(regex="^zzz", optional=True),
+                                 Select(type="LSTM", optional=True)])
+def test_optional_selector_matching_nothing_selects_nothing(sel):
+    m = FmnistResNet()
+    assert resolve(sel, m, quantizable_layers(m)) == []
+    assert Select.from_dict(sel.to_dict()) == sel  # round-trips through a recipe file
+
+
+def test_optional_selector_must_be_bool():
+    with pytest.raises(ConfigError, match="optional"):
+        Select.from_dict({"regex": "shortcut", "optional": "yes"})
+
+
+def test_generic_recipe_with_optional_shortcut_override_on_a_plain_model():
+    """The shipped xnor recipe names shortcut convs; a model without any still quantizes."""
+    import lowbit
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 26 * 26, 10)).eval()
+    x = torch.randn(8, 1, 28, 28)
+    q = lowbit.quantize_(net, lowbit.load_recipe("xnor"), data=[x])
+    assert q(x).shape == (8, 10)
 
 
 def test_add_relu_fusion_and_shared_grids(fmnist_calib, fmnist_small_test):
