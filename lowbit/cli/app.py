@@ -87,9 +87,18 @@ def quantize(
     observer: str | None = typer.Option(None, help="override the activation observer (minmax, ema, percentile, mse, entropy, aciq)"),
     out: str | None = typer.Option(None, help="folder for report.{json,md,html} and the packed model.lowbit"),
     json_path: str | None = typer.Option(None, "--json", help="write the result JSON here"),
+    max_drop: float | None = typer.Option(None, help="accuracy-aware: raise the most sensitive layers until the held-out drop is <= this many pp"),
+    tune_method: str = typer.Option("hessian", help="with --max-drop: rank by hessian, loss or mse, or greedy (measure every raise)"),
+    raise_to: str = typer.Option("w8a8", help="with --max-drop: what a raised layer becomes, w8a8 or float"),
+    tune_split: int = typer.Option(5000, help="with --max-drop: test images (seeded) that drive the tuning; the rest report an unseen drop"),
     data_dir: str | None = typer.Option(None, help="Fashion-MNIST folder (default $LOWBIT_DATA or /usr/share/datasets/fashion-mnist)"),
 ) -> None:
-    """Quantize MODEL with RECIPE, evaluate float and quantized on the 10k test set."""
+    """Quantize MODEL with RECIPE, evaluate float and quantized on the 10k test set.
+
+    With --max-drop D: accuracy-aware tuning on a held-out split of the test set (--tune-split
+    images, seeded); the other images give an independent drop. Exits 1 when D cannot be met
+    (after reporting the closest configuration).
+    """
     from ..io import atomic_write_text
     from ..recipes import load_recipe
     from ..report import quantize_and_measure, write_report
@@ -97,9 +106,34 @@ def quantize(
 
     config = _apply_observer(load_recipe(recipe), observer)
     config = _with_calib_size(config, calib_size)
+    if max_drop is not None:
+        from ..algorithms.mixed_precision.tuning import METHODS, RAISE_TO
+
+        if tune_method not in METHODS or raise_to not in RAISE_TO:
+            raise ConfigError(f"--tune-method must be one of {list(METHODS)} and --raise-to one of {list(RAISE_TO)}, "
+                              f"got {tune_method!r} / {raise_to!r}")
+        if not 100 <= tune_split <= 9900:
+            raise ConfigError(f"--tune-split must be in 100..9900 (test images for tuning; the rest stay unseen), got {tune_split}")
     float_model = load_model_spec(model, weights)
     calib, test = _load_data(data_dir, config.calib_size)
+    tuned = None
+    if max_drop is not None:
+        from ..algorithms.mixed_precision.tuning import accuracy_aware_tune, held_out_split
+
+        val, rest = held_out_split(test, tune_split)
+        tuned = accuracy_aware_tune(float_model, config, calib, val, max_drop=max_drop, method=tune_method, raise_to=raise_to,
+                                    log=typer.echo)
+        typer.echo(tuned.summary())
+        config = tuned.config
     qmodel, result = quantize_and_measure(float_model, config, calib, test, recipe=Path(recipe).stem, model_name=model)
+    if tuned is not None:
+        from ..api import evaluate
+
+        result["tuning"] = tuned.to_dict() | {
+            "tune_split": tune_split,
+            "unseen_drop": evaluate(float_model, rest) - evaluate(qmodel, rest),
+        }
+        typer.echo(f"drop on the {len(rest)} test images the tuning did not see: {result['tuning']['unseen_drop']:+.2f} pp")
     _print_result(result)
     if json_path:
         atomic_write_text(json_path, json.dumps(result, indent=1, default=float) + "\n")
@@ -110,6 +144,10 @@ def quantize(
         packed = Path(out) / "model.lowbit"
         save(qmodel, packed, model_spec=model)
         typer.echo(f"report: {paths['html']}\npacked model: {packed} ({packed.stat().st_size} bytes)")
+    if tuned is not None and not tuned.met:
+        typer.echo(f"error: --max-drop {max_drop} cannot be met by raising layers to {raise_to}: the closest is a "
+                   f"{tuned.drop:+.2f} pp held-out drop (try --raise-to float or a higher-precision recipe)", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()

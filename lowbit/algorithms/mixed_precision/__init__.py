@@ -18,5 +18,8 @@ from .sensitivity import ESTIMATORS as ESTIMATORS
 from .sensitivity import LayerProbe as LayerProbe
 from .sensitivity import SensitivityReport as SensitivityReport
 from .sensitivity import layer_sensitivity as layer_sensitivity
+from .tuning import TuneResult as TuneResult
+from .tuning import accuracy_aware_tune as accuracy_aware_tune
+from .tuning import held_out_split as held_out_split
 
 search_bit_widths = search  # the public name in lowbit/__init__

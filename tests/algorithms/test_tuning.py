@@ -1,0 +1,84 @@
+"""Accuracy-aware tuning: the returned config really has the reported held-out accuracy, no raise in
+it is redundant, impossible bounds say so with the closest configuration, and bad input is refused."""
+
+import pytest
+import torch
+
+import lowbit
+from lowbit.algorithms.mixed_precision import accuracy_aware_tune, held_out_split
+from lowbit.errors import ConfigError
+from lowbit.zoo import load_model
+
+
+@pytest.fixture(scope="module")
+def resnet_case(fmnist_calib, fmnist_test):
+    model = load_model("fmnist-resnet")
+    calib = fmnist_calib.subset(128, seed=0)
+    val, _ = held_out_split(fmnist_test.subset(2000, seed=3), 1000)
+    return model, calib, val
+
+
+@pytest.mark.parametrize("method", ["mse", "greedy"])
+def test_tuning_meets_the_bound_with_no_redundant_raise(resnet_case, method):
+    model, calib, val = resnet_case
+    cfg = lowbit.load_recipe("w2a8")
+    r = accuracy_aware_tune(model, cfg, calib, val, max_drop=0.5, method=method)
+    assert r.base_accuracy < r.float_accuracy - 0.5  # W2A8 PTQ really drops more than the bound here
+    assert r.met and r.float_accuracy - r.accuracy <= 0.5 + 1e-9 and 0 < len(r.raised) < len(r.candidates)
+    assert r.candidates and "stem.0" not in r.candidates and "fc" not in r.candidates  # already W8A8 in the recipe
+    # the returned config, quantized afresh, has exactly the reported held-out accuracy
+    q = lowbit.quantize_(load_model("fmnist-resnet"), r.config, data=calib)
+    assert lowbit.evaluate(q, val) == pytest.approx(r.accuracy)
+    for n in r.raised:
+        spec = q.lowbit_info["layers"][n]
+        assert spec["weight_bits"] == 8 and spec["activation_bits"] == 8
+    # pruning: lowering any single raised layer of the result was measured, and breaks the bound
+    for n in r.raised:
+        without = [s for s in r.steps if set(s["raised"]) == set(r.raised) - {n}]
+        assert without and without[0]["drop"] > 0.5
+
+
+def test_loose_bound_raises_nothing(resnet_case):
+    model, calib, val = resnet_case
+    r = accuracy_aware_tune(model, lowbit.load_recipe("w8a8"), calib, val, max_drop=5.0, method="hessian")
+    assert r.met and r.raised == [] and r.evaluations == 1 and r.config == lowbit.load_recipe("w8a8")
+
+
+def test_impossible_bound_says_so_and_keeps_the_closest():
+    torch.manual_seed(0)
+    net = lowbit.zoo.models.FmnistMLP().eval()
+    x = torch.randn(512, 1, 28, 28)
+    y = net(x).argmax(1)  # the float model is 100 % right on these; any flip is a drop
+    r = accuracy_aware_tune(net, lowbit.load_recipe("w8a8-per-tensor"), [x[:128]], [(x, y)], max_drop=0.0, method="mse")
+    assert r.base_accuracy < 100.0  # per-tensor int8 flips some of these near-tie random inputs
+    assert r.candidates == [] and not r.met and r.raised == [] and "NOT met" in r.summary()
+    f = accuracy_aware_tune(net, lowbit.load_recipe("w8a8-per-tensor"), [x[:128]], [(x, y)], max_drop=0.0, method="mse",
+                            raise_to="float")
+    assert f.met and f.accuracy == 100.0 and f.raised  # float layers give the float model back
+
+
+def test_held_out_split_is_a_partition(fmnist_test):
+    a, b = held_out_split(fmnist_test, 5000)
+    assert len(a) == len(b) == 5000
+    with pytest.raises(ConfigError, match="tuning split"):
+        held_out_split(fmnist_test, 10000)
+
+
+@pytest.mark.parametrize("kw, needle", [
+    ({"max_drop": -0.1}, "max_drop"),
+    ({"max_drop": float("nan")}, "max_drop"),
+    ({"max_drop": 0.1, "method": "random"}, "unknown tuning method"),
+    ({"max_drop": 0.1, "raise_to": "w16"}, "raise_to"),
+])
+def test_bad_tuning_arguments(kw, needle):
+    net = lowbit.zoo.models.FmnistMLP().eval()
+    x = torch.randn(8, 1, 28, 28)
+    with pytest.raises(ConfigError, match=needle):
+        accuracy_aware_tune(net, lowbit.load_recipe("w4a8"), [x], [(x, torch.zeros(8, dtype=torch.long))], **kw)
+
+
+def test_qat_recipe_is_refused():
+    net = lowbit.zoo.models.FmnistMLP().eval()
+    x = torch.randn(8, 1, 28, 28)
+    with pytest.raises(ConfigError, match="QAT"):
+        accuracy_aware_tune(net, lowbit.load_recipe("qat-w4a4-lsq"), [x], [(x, torch.zeros(8, dtype=torch.long))], max_drop=0.1)
