@@ -107,11 +107,9 @@ def quantize(
     config = _apply_observer(load_recipe(recipe), observer)
     config = _with_calib_size(config, calib_size)
     if max_drop is not None:
-        from ..algorithms.mixed_precision.tuning import METHODS, RAISE_TO
+        from ..algorithms.mixed_precision.tuning import check_tuning_args
 
-        if tune_method not in METHODS or raise_to not in RAISE_TO:
-            raise ConfigError(f"--tune-method must be one of {list(METHODS)} and --raise-to one of {list(RAISE_TO)}, "
-                              f"got {tune_method!r} / {raise_to!r}")
+        check_tuning_args(config, max_drop, tune_method, raise_to)
         if not 100 <= tune_split <= 9900:
             raise ConfigError(f"--tune-split must be in 100..9900 (test images for tuning; the rest stay unseen), got {tune_split}")
     float_model = load_model_spec(model, weights)

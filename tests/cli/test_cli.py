@@ -115,6 +115,11 @@ def _bad_user_file(tmp_path):
         (["quantize", "fmnist-mlp", "--observer", "magic"], "unknown observer 'magic'"),
         (["quantize", "/nonexistent/file.py:Net"], "does not exist"),
         (["zoo", "train", "fmnist-vit"], "unknown zoo model"),
+        (["quantize", "fmnist-mlp", "--recipe", "w4a4", "--max-drop", "-1"], "max_drop must be a finite number"),
+        (["quantize", "fmnist-mlp", "--recipe", "w4a4", "--max-drop", "0.1", "--tune-method", "guess"], "unknown tuning method 'guess'"),
+        (["quantize", "fmnist-mlp", "--recipe", "w4a4", "--max-drop", "0.1", "--raise-to", "w6a6"], "raise_to must be one of"),
+        (["quantize", "fmnist-mlp", "--recipe", "qat-w4a4-lsq", "--max-drop", "0.1"], "tune them with lowbit qat"),
+        (["quantize", "fmnist-mlp", "--recipe", "w4a4", "--max-drop", "0.1", "--tune-split", "10"], "--tune-split must be in"),
     ],
 )
 def test_errors_are_one_line_exit_2(args, needle):
@@ -296,3 +301,27 @@ def test_latency_table_cli_and_latency_budgeted_mixed(tmp_path):
     table.write_text(json.dumps(t))
     p = run("mixed", "fmnist-mlp", "--latency-ratio", "0.9", "--latency-table", str(table), "--samples", "64", "--no-evaluate")
     assert p.returncode == 2 and "measured elsewhere" in p.stderr and "Traceback" not in p.stderr
+
+
+HARSH = (  # per-tensor min-max W2A2 everywhere: hurts the MLP badly, so the tuning has to raise layers
+    "kind: ptq\n"
+    "weight: {bits: 2, signed: true, mapping: symmetric, granularity: per_tensor, observer: minmax}\n"
+    "activation: {bits: 2, signed: false, mapping: affine, granularity: per_tensor, observer: minmax}\n"
+)
+
+
+def test_quantize_max_drop_tunes_and_reports_what_it_raised(tmp_path):
+    rec = tmp_path / "harsh.yaml"
+    rec.write_text(HARSH)
+    js = tmp_path / "r.json"
+    p = run("quantize", "fmnist-mlp", "--recipe", str(rec), "--max-drop", "0.5", "--tune-split", "2000",
+            "--calib-size", "256", "--json", str(js))
+    assert p.returncode == 0, p.stderr
+    t = json.loads(js.read_text())["tuning"]
+    assert t["met"] and t["max_drop"] == 0.5 and t["tune_split"] == 2000
+    assert t["raised"] and set(t["raised"]) <= {"fc1", "fc2"}
+    assert t["float_accuracy"] - t["accuracy"] <= 0.5 + 1e-9
+    assert "accuracy-aware tuning" in p.stdout and "did not see" in p.stdout
+    r = json.loads(js.read_text())
+    assert abs(r["accuracy_drop_pp"]) < 1.0  # the tuned config on all 10k images
+    assert {layer["name"] for layer in r["layers"] if layer["weight_bits"] == 8} == set(t["raised"])

@@ -165,6 +165,27 @@ def _ranking(model, config, calib, method: str, candidates: list[str], samples: 
     return sorted(candidates, key=lambda n: -score(n))
 
 
+def check_tuning_args(config, max_drop, method: str, raise_to: str) -> None:
+    """Validate the arguments of :func:`accuracy_aware_tune` (the CLI calls it before loading anything).
+
+    Example:
+        >>> import lowbit
+        >>> check_tuning_args(lowbit.load_recipe("w4a4"), 0.1, "hessian", "w8a8")
+
+    Raises:
+        ConfigError: a QAT config, a bound that is not a finite number >= 0, an unknown method or target.
+    """
+    if not isinstance(config, PTQConfig) or config.kind == "qat":
+        raise ConfigError(f"accuracy-aware tuning takes a post-training config (a PTQ recipe), got "
+                          f"{getattr(config, 'kind', type(config).__name__)!r}: QAT recipes train, tune them with lowbit qat")
+    if isinstance(max_drop, bool) or not isinstance(max_drop, int | float) or not math.isfinite(max_drop) or max_drop < 0:
+        raise ConfigError(f"max_drop must be a finite number of percentage points >= 0, got {max_drop!r}")
+    if method not in METHODS:
+        raise ConfigError(f"unknown tuning method {method!r}; known: {list(METHODS)}")
+    if raise_to not in RAISE_TO:
+        raise ConfigError(f"raise_to must be one of {list(RAISE_TO)}, got {raise_to!r}")
+
+
 def accuracy_aware_tune(
     model: nn.Module,
     config: PTQConfig,
@@ -201,15 +222,7 @@ def accuracy_aware_tune(
     """
     from ...api import evaluate, quantize_
 
-    if not isinstance(config, PTQConfig) or config.kind == "qat":
-        raise ConfigError(f"accuracy-aware tuning takes a post-training config (a PTQ recipe), got "
-                          f"{getattr(config, 'kind', type(config).__name__)!r}: QAT recipes train, tune them with lowbit qat")
-    if isinstance(max_drop, bool) or not isinstance(max_drop, int | float) or not math.isfinite(max_drop) or max_drop < 0:
-        raise ConfigError(f"max_drop must be a finite number of percentage points >= 0, got {max_drop!r}")
-    if method not in METHODS:
-        raise ConfigError(f"unknown tuning method {method!r}; known: {list(METHODS)}")
-    if raise_to not in RAISE_TO:
-        raise ConfigError(f"raise_to must be one of {list(RAISE_TO)}, got {raise_to!r}")
+    check_tuning_args(config, max_drop, method, raise_to)
     t0 = time.perf_counter()
     model = model.eval()
     say = log or (lambda s: None)
