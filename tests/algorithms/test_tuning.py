@@ -107,3 +107,22 @@ def test_qat_recipe_is_refused():
     x = torch.randn(8, 1, 28, 28)
     with pytest.raises(ConfigError, match="QAT"):
         accuracy_aware_tune(net, lowbit.load_recipe("qat-w4a4-lsq"), [x], [(x, torch.zeros(8, dtype=torch.long))], max_drop=0.1)
+
+
+def test_residual_adds_and_pools_are_one_raisable_unit():
+    from lowbit.algorithms.mixed_precision.tuning import ADDS, _candidates, _raised_config
+
+    model = load_model("fmnist-resnet")
+    cfg = lowbit.load_recipe("w4a4")  # its adds / pools run at 4 bits: raising every layer cannot undo that
+    assert _candidates(model, cfg, "w8a8")[0] == ADDS
+    assert ADDS not in _candidates(model, lowbit.load_recipe("w8a8"), "w8a8")  # already 8-bit adds
+    assert ADDS not in _candidates(lowbit.zoo.models.FmnistMLP(), cfg, "float")  # no adds / pools to raise
+
+    def add_bits(c):
+        q = lowbit.quantize_(load_model("fmnist-resnet"), c, calibrate=False)
+        return {m.spec.bits for n, m in q.named_modules() if n.startswith(("lowbit_add", "lowbit_pool")) and hasattr(m, "spec")}
+
+    assert add_bits(cfg) == {4}
+    assert add_bits(_raised_config(cfg, [ADDS], "w8a8")) == {8}
+    flo = lowbit.quantize_(load_model("fmnist-resnet"), _raised_config(cfg, [ADDS], "float"), calibrate=False)
+    assert not flo.lowbit_info.get("adds") and not any(n.startswith("lowbit_add") for n, _ in flo.named_modules())

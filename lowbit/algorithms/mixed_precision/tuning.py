@@ -17,6 +17,10 @@ with the layers in ``R`` raised to ``raise_to`` (W8A8 or float)::
    bound still holds; repeat until a pass changes nothing. So lowering any single layer of the
    result has been measured to break the bound.
 
+Besides the layers, the functional residual adds and average pools that PTQ quantizes (they share
+``add_activation``) are one more candidate, ``"adds+pools"``: raised to 8 bits, or kept float with
+``raise_to="float"``. A 4-bit residual sum cannot be fixed by raising the layers around it.
+
 When even every candidate raised misses the bound, the result says so (``met=False``) and carries
 the closest configuration (the best held-out accuracy seen).
 
@@ -119,11 +123,20 @@ def held_out_split(data, n: int, seed: int = 0):
     return TensorDataset(data.images[a], data.labels[a]), TensorDataset(data.images[b], data.labels[b])
 
 
+ADDS = "adds+pools"  # the functional residual adds and average pools: one unit (they share ``add_activation``)
+
+
 def _raised_config(config: PTQConfig, layers: list[str], raise_to: str) -> PTQConfig:
     if not layers:
         return config
     ovs = []
-    for n in layers:
+    if ADDS in layers:
+        if raise_to == "float":
+            config = config.replace(quantize_adds=False)
+        else:
+            spec = config.add_activation if config.add_activation is not None else config.activation
+            config = config.replace(add_activation=spec.replace(bits=8))
+    for n in (n for n in layers if n != ADDS):
         if raise_to == "float":
             ovs.append(Override(select=Select(name=n), weight=None, activation=None))
         else:
@@ -140,8 +153,14 @@ def _candidates(model: nn.Module, config: PTQConfig, raise_to: str) -> list[str]
 
     plain = PTQConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(PTQConfig)})
     probe = quantize_(copy.deepcopy(model), plain, calibrate=False)
-    return [name for name, spec in probe.lowbit_info["layers"].items()
-            if raise_to == "float" or min(spec["weight_bits"], spec["activation_bits"]) < 8]
+    out = [name for name, spec in probe.lowbit_info["layers"].items()
+           if raise_to == "float" or min(spec["weight_bits"], spec["activation_bits"]) < 8]
+    info = probe.lowbit_info
+    if info.get("adds") or info.get("pools"):
+        spec = config.add_activation if config.add_activation is not None else config.activation
+        if raise_to == "float" or spec.bits < 8:
+            out.insert(0, ADDS)
+    return out
 
 
 def _ranking(model, config, calib, method: str, candidates: list[str], samples: int) -> list[str]:
@@ -159,10 +178,13 @@ def _ranking(model, config, calib, method: str, candidates: list[str], samples: 
             s += act[n][ab]
         return s
 
-    missing = [n for n in candidates if n not in rep.weight[method]]
+    layers = [n for n in candidates if n != ADDS]
+    missing = [n for n in layers if n not in rep.weight[method]]
     if missing:
         raise UnsupportedError(f"no sensitivity for layers {missing}: the config's overrides name layers its base selection skips")
-    return sorted(candidates, key=lambda n: -score(n))
+    # the adds / pools unit has no per-layer score: a low-bit residual sum feeds every later layer, so it
+    # is raised first (and lowered back by the prune when it is not needed)
+    return [n for n in candidates if n == ADDS] + sorted(layers, key=lambda n: -score(n))
 
 
 def check_tuning_args(config, max_drop, method: str, raise_to: str) -> None:
