@@ -13,6 +13,12 @@ starts over), so the runs can be spread over sessions; each run's wall time is r
     python bench/qat_table.py                                  # the target rows
     python bench/qat_table.py --runs qat-w4a4-lsq,qat-w2a2-lsq+distill --epochs 2
     python bench/qat_table.py --print-only
+    python bench/qat_table.py --runs twn,bnn,xnor:8 --device cuda --jobs 8 --table /tmp/gpu.json --no-models
+    python bench/qat_table.py --merge /tmp/gpu.json             # add another machine's runs (kept apart by @device)
+
+A run is ``NAME`` or ``NAME:EPOCHS`` (an epoch override, stored as ``NAME@Eep``); runs on another
+device than the CPU are stored as ``NAME@cuda`` (their wall time is that machine's, not the 2-core
+CPU's). ``--jobs N`` runs N CLI processes at once (on a GPU machine; never on the 2-core CPU).
 
 Writes bench/results/qat_table.json, docs/img/qat_table.png and the converted models
 (bench/results/qat_models/RUN.lowbit, e.g. for ``bench/xnor_kernel.py --network``), prints a Markdown table.
@@ -64,26 +70,68 @@ def _bits(recipe: str) -> tuple[int, int]:
     return cfg.weight.bits, cfg.activation.bits
 
 
-def run_one(name: str, epochs: int | None, train_size: int | None) -> dict:
+def parse_run(spec: str, device: str) -> tuple[str, str, int | None]:
+    """``NAME[:EPOCHS]`` -> (table key, run name, epochs override)."""
+    name, _, ep = spec.partition(":")
+    if name not in RUNS:
+        raise SystemExit(f"unknown run {name!r}; use {list(RUNS)}")
+    epochs = int(ep) if ep else None
+    key = name + (f"@{epochs}ep" if epochs else "") + ("" if device == "cpu" else f"@{device.split(':')[0]}")
+    return key, name, epochs
+
+
+def start_one(key: str, name: str, epochs: int | None, train_size: int | None, device: str, models: bool, tmp: Path):
+    """Start one ``lowbit qat`` CLI run; returns (process, json path, start time)."""
     recipe, distill = RUNS[name]
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "r.json"
+    out = tmp / f"{key}.json"
+    cmd = [sys.executable, "-m", "lowbit.cli", "qat", MODEL, "--recipe", recipe, "--json", str(out),
+           "--distill" if distill else "--no-distill", "--device", device]
+    if models:
         MODELS.mkdir(parents=True, exist_ok=True)
-        cmd = [str(Path(sys.executable).parent / "lowbit"), "qat", MODEL, "--recipe", recipe, "--json", str(out),
-               "--distill" if distill else "--no-distill", "--out", str(MODELS / f"{name}.lowbit")]
-        if epochs is not None:
-            cmd += ["--epochs", str(epochs)]
-        if train_size is not None:
-            cmd += ["--train-size", str(train_size)]
-        t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, env={**os.environ, "LOWBIT_PROGRESS": "0"})
-        wall = time.perf_counter() - t0
-        r = json.loads(out.read_text())
+        cmd += ["--out", str(MODELS / f"{key}.lowbit")]
+    if epochs is not None:
+        cmd += ["--epochs", str(epochs)]
+    if train_size is not None:
+        cmd += ["--train-size", str(train_size)]
+    env = {**os.environ, "LOWBIT_PROGRESS": "0", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    log = open(tmp / f"{key}.log", "w")  # noqa: SIM115 - closed when the run ends
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), out, time.perf_counter(), log
+
+
+def finish_one(name: str, out: Path, wall: float) -> dict:
+    recipe, distill = RUNS[name]
+    r = json.loads(out.read_text())
     w, a = _bits(recipe)
     return {"recipe": recipe, "distill": distill, "weight_bits": w, "activation_bits": a, "fp32": r["fp32_accuracy"],
             "initial": r["initial_accuracy"], "accuracy": r["quantized_accuracy"], "drop_pp": r["accuracy_drop_pp"],
             "epochs": r["epochs"], "train_images": r["train_images"], "train_seconds": r["train_seconds"],
-            "wall_seconds": wall, "history": r["history"]}
+            "wall_seconds": wall, "device": r.get("device", "cpu"), "history": r["history"]}
+
+
+def run_all(specs: list[str], table: dict, path: Path, device: str, jobs: int, train_size: int | None, models: bool) -> None:
+    """Run the specs not yet in ``table`` (``jobs`` at a time), writing ``path`` after each finishes."""
+    from lowbit.io import atomic_write_text
+
+    todo = [parse_run(s, device) for s in specs]
+    todo = [t for t in todo if t[0] not in table]
+    running: list = []
+    with tempfile.TemporaryDirectory() as tmp:
+        while todo or running:
+            while todo and len(running) < jobs:
+                key, name, epochs = todo.pop(0)
+                running.append((key, name, *start_one(key, name, epochs, train_size, device, models, Path(tmp))))
+            time.sleep(1.0)
+            for item in [r for r in running if r[2].poll() is not None]:
+                running.remove(item)
+                key, name, proc, out, t0, log = item
+                log.close()
+                if proc.returncode != 0:
+                    print(f"{key}: FAILED (exit {proc.returncode}); log tail:\n" + Path(log.name).read_text()[-3000:], flush=True)
+                    continue
+                table[key] = finish_one(name, out, time.perf_counter() - t0)
+                r = table[key]
+                print(f"{key}: {r['accuracy']:.2f} % ({r['drop_pp']:+.2f} pp), {r['wall_seconds']:.0f} s on {r['device']}", flush=True)
+                atomic_write_text(path, json.dumps(table, indent=1) + "\n")
 
 
 def best_ptq(cells: dict, w: int, a: int) -> tuple[str, float] | None:
@@ -129,6 +177,7 @@ def _ordered(table: dict) -> list[str]:
     return [n for base in RUNS for n in ([base] if base in table else []) + sorted(k for k in table if k.startswith(base + "@"))]
 
 
+
 def print_table(table: dict) -> None:
     cells = json.loads(METHODS_TABLE.read_text())[MODEL]["cells"] if METHODS_TABLE.exists() else {}
     print(f"\n### {MODEL}: QAT vs the best post-training method at the same widths (accuracy %, drop pp)\n")
@@ -148,7 +197,7 @@ def print_table(table: dict) -> None:
         print(f"\ndistillation at W2A2 (same schedule): {d:+.2f} pp (target ≥ +0.3: {'met' if d >= 0.3 else 'not met'})")
 
 
-def plot(table: dict) -> None:
+def plot(table: dict, out: Path = PLOT) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,38 +213,43 @@ def plot(table: dict) -> None:
     ax.invert_yaxis()
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
-    save_figure(fig, PLOT)
-    print(f"\nplot: {PLOT.relative_to(ROOT)}")
+    save_figure(fig, out)
+    print(f"\nplot: {out}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--runs", default=",".join(list(RUNS)[:6]), help=f"comma list from {list(RUNS)}")
+    ap.add_argument("--runs", default=",".join(list(RUNS)[:6]), help=f"comma list of NAME[:EPOCHS], NAME from {list(RUNS)}")
     ap.add_argument("--epochs", type=int, default=None, help="override the recipes' epochs")
     ap.add_argument("--train-size", type=int, default=None, help="training images (default: the recipe's, else all 60k)")
     ap.add_argument("--fresh", action="store_true", help="ignore cached runs")
     ap.add_argument("--ptq-missing", action="store_true", help="run AdaRound / iterative at widths the methods table lacks")
     ap.add_argument("--print-only", action="store_true")
+    ap.add_argument("--device", default="cpu", help="training device of the runs (cpu, cuda, ...)")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once (only on a machine with cores to spare)")
+    ap.add_argument("--table", default=str(OUT), help="the JSON the runs are cached in")
+    ap.add_argument("--no-models", action="store_true", help="do not keep the converted models")
+    ap.add_argument("--merge", default=None, help="add the runs of another table JSON (e.g. from a GPU machine) and stop")
+    ap.add_argument("--plot-file", default=str(PLOT))
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from lowbit.io import atomic_write_text
 
-    table = {} if args.fresh or not OUT.exists() else json.loads(OUT.read_text())
-    if not args.print_only:
-        runs = args.runs.split(",")
-        bad = [r for r in runs if r not in RUNS]
-        if bad:
-            raise SystemExit(f"unknown runs {bad}; use {list(RUNS)}")
-        for name in runs:
-            if name in table:
-                continue
-            table[name] = run_one(name, args.epochs, args.train_size)
-            print(f"{name}: {table[name]['accuracy']:.2f} % ({table[name]['drop_pp']:+.2f} pp), {table[name]['wall_seconds']:.0f} s", flush=True)
-            atomic_write_text(OUT, json.dumps(table, indent=1) + "\n")
+    path = Path(args.table)
+    table = {} if args.fresh or not path.exists() else json.loads(path.read_text())
+    if args.merge:
+        other = json.loads(Path(args.merge).read_text())
+        table.update({k: v for k, v in other.items() if k not in table})
+        atomic_write_text(path, json.dumps(table, indent=1) + "\n")
+    elif not args.print_only:
+        specs = [s for s in args.runs.split(",") if s]
+        if args.epochs is not None:
+            specs = [s if ":" in s else f"{s}:{args.epochs}" for s in specs]
+        run_all(specs, table, path, args.device, max(1, args.jobs), args.train_size, not args.no_models)
         if args.ptq_missing:
             ptq_missing(sorted({(r["weight_bits"], r["activation_bits"]) for r in table.values() if r["weight_bits"] >= 2}))
     print_table(table)
-    plot(table)
+    plot(table, Path(args.plot_file))
 
 
 if __name__ == "__main__":

@@ -263,17 +263,23 @@ def qat(
     out: str | None = typer.Option(None, help="write the converted model here (packed .lowbit)"),
     json_path: str | None = typer.Option(None, "--json", help="write the result JSON here"),
     data_dir: str | None = typer.Option(None, help="Fashion-MNIST folder"),
+    device: str = typer.Option("cpu", help="where the training loop runs: cpu, cuda, cuda:N, mps or auto (calibration, "
+                               "convert and evaluation stay on the CPU)"),
 ) -> None:
     """Quantization-aware training: prepare MODEL with a QAT recipe, train, convert, evaluate on the 10k test set."""
     import copy
 
+    import torch
+
     from ..algorithms.qat import QATConfig, train
+    from ..algorithms.qat.trainer import resolve_device
     from ..api import evaluate, quantize_
     from ..data import load_fashion_mnist
     from ..io import atomic_write_text
     from ..recipes import load_recipe
     from ..zoo.resolve import load_model_spec
 
+    resolve_device(device)  # refuse a missing accelerator before any work
     config = load_recipe(recipe)
     if not isinstance(config, QATConfig):
         raise ConfigError(f"recipe {recipe!r} is kind {config.kind}; lowbit qat needs a kind: qat recipe (see lowbit recipes)")
@@ -292,12 +298,13 @@ def qat(
                      optimizer=config.optimizer, weight_decay=config.weight_decay,
                      teacher=float_model if config.distill else None, temperature=config.temperature,
                      distill_weight=config.distill_weight, checkpoint=checkpoint, seed=config.seed,
-                     fingerprint={"model": model, "recipe": config.to_dict()})
+                     fingerprint={"model": model, "recipe": config.to_dict()}, device=device)
     qmodel = quantize_(prepared, config.replace(step="convert"))
     acc = evaluate(qmodel, test, progress="evaluating")
     result = {"model": model, "recipe": Path(recipe).stem, "fp32_accuracy": fp32, "initial_accuracy": ptq_acc,
               "quantized_accuracy": acc, "accuracy_drop_pp": fp32 - acc, "train_images": len(train_set),
               "epochs": config.epochs, "distill": config.distill, "train_seconds": run_info["seconds"],
+              "device": run_info["device"] + (f" ({torch.cuda.get_device_name()})" if run_info["device"].startswith("cuda") else ""),
               "resumed_from_epoch": run_info["resumed_from"], "history": run_info["history"], "config": config.to_dict(),
               "qat": qmodel.lowbit_info.get("qat", {})}
     from rich.table import Table

@@ -9,11 +9,17 @@ quantizer parameters.
 
 Checkpoint / resume: with ``checkpoint=path`` the model, optimizer, scheduler, epoch and history
 are written atomically after every epoch (``torch.save`` of tensors and plain values; read back
-with ``weights_only=True``). A later call with the same path resumes after the last finished
+with ``weights_only=True``, mapped to the CPU). A later call with the same path resumes after the last finished
 epoch, so an interrupted run loses only the epoch in progress; shuffling depends on
 ``(seed, epoch)`` only, so a resumed run sees the same batches as an uninterrupted one. A
 checkpoint of another model or recipe is refused (its fingerprint — parameter names and shapes
 plus the caller's ``fingerprint`` dict — must match).
+
+Device: ``device="cuda"`` (or ``"cuda:1"``, ``"auto"``) moves the model (and the teacher) to that device
+for the training loop, feeds it each minibatch there (a tensor dataset is moved once, up front), and
+moves both back to the CPU at the end, so calibration before and ``convert`` / export after run
+where they always do. The arithmetic is the same; results differ from a CPU run only by float
+rounding order. A device PyTorch cannot see is a :class:`~lowbit.errors.ConfigError`.
 
 Example:
     >>> import torch, lowbit
@@ -64,18 +70,48 @@ def _batches(data: Any, batch_size: int, seed: int, epoch: int) -> tuple[Iterabl
         if x.shape[0] != y.shape[0]:
             raise ConfigError(f"inputs and labels differ in length: {x.shape[0]} vs {y.shape[0]}")
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        perm = torch.randperm(x.shape[0], generator=g)
+        perm = torch.randperm(x.shape[0], generator=g).to(x.device)
         n = -(-x.shape[0] // batch_size)
         return ((x[perm[i : i + batch_size]], y[perm[i : i + batch_size]]) for i in range(0, x.shape[0], batch_size)), n
     if isinstance(data, torch.Tensor):
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        perm = torch.randperm(data.shape[0], generator=g)
+        perm = torch.randperm(data.shape[0], generator=g).to(data.device)
         return (data[perm[i : i + batch_size]] for i in range(0, data.shape[0], batch_size)), -(-data.shape[0] // batch_size)
     try:
         return data, len(data)
     except TypeError:
         raise ConfigError(f"training data must be a lowbit TensorDataset, an (inputs, labels) pair of tensors, or a sized "
                           f"iterable of batches (e.g. a DataLoader); got {type(data).__name__}") from None
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The training device: ``None`` / ``"cpu"`` is the CPU, ``"auto"`` a CUDA GPU when PyTorch sees one
+    (else the CPU), ``"cuda"`` / ``"cuda:N"`` / ``"mps"`` that accelerator, refused when it is absent.
+
+    Example:
+        >>> resolve_device(None), resolve_device("cpu")
+        (device(type='cpu'), device(type='cpu'))
+    """
+    if device is None:
+        return torch.device("cpu")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}; use cpu, cuda, cuda:N, mps or auto") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} was asked for but PyTorch sees no CUDA GPU here (torch.cuda.is_available() is "
+                              "False: a CPU build of torch, or no driver); use --device cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r} does not exist: PyTorch sees {torch.cuda.device_count()} CUDA GPU(s)")
+    elif dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ConfigError(f"device {device!r} was asked for but the MPS backend is not available here; use --device cpu")
+    elif dev.type != "cpu":
+        raise ConfigError(f"unsupported device {device!r}; use cpu, cuda, cuda:N, mps or auto")
+    return dev
 
 
 def _split(batch: Any, transform_fn: Callable | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -152,10 +188,12 @@ def train(
     seed: int = 0,
     transform_fn: Callable[[Any], Any] | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> dict:
     """Train ``model`` in place (see the module docstring). Returns ``{"history": [...], "seconds": s,
-    "resumed_from": epoch or None}``; each history entry has ``epoch, loss, lr, seconds`` and
-    ``val_accuracy`` when ``val_data`` is given.
+    "resumed_from": epoch or None, "device": name}``; each history entry has ``epoch, loss, lr, seconds``
+    and ``val_accuracy`` when ``val_data`` is given. ``device`` trains on an accelerator (module
+    docstring); the model is back on the CPU when this returns.
 
     Raises:
         ConfigError: bad hyper-parameters, data of an unknown shape, batches without labels when the
@@ -176,6 +214,33 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("the model has no trainable parameter (every requires_grad is False)")
+    dev = resolve_device(device)
+    if dev.type != "cpu":
+        model.to(dev)
+        if teacher is not None:
+            teacher.to(dev)
+        if hasattr(data, "images") and hasattr(data, "labels"):
+            data = (data.images, data.labels)
+        if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+            data = (data[0].to(dev), data[1].to(dev))
+        elif isinstance(data, torch.Tensor):
+            data = data.to(dev)
+    try:
+        return _train(model, data, dev, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, weight_decay=weight_decay,
+                      teacher=teacher, temperature=temperature, distill_weight=distill_weight, val_data=val_data, checkpoint=checkpoint,
+                      resume=resume, fingerprint=fingerprint, seed=seed, transform_fn=transform_fn, progress=progress)
+    finally:
+        if dev.type != "cpu":
+            model.to("cpu")
+            if teacher is not None:
+                teacher.to("cpu")
+
+
+def _train(model: nn.Module, data: Any, dev: torch.device, *, epochs: int, lr: float, batch_size: int, optimizer: str,
+           weight_decay: float, teacher: nn.Module | None, temperature: float, distill_weight: float, val_data: Any,
+           checkpoint: str | os.PathLike | None, resume: bool, fingerprint: dict | None, seed: int,
+           transform_fn: Callable[[Any], Any] | None, progress: bool) -> dict:
+    params = [p for p in model.parameters() if p.requires_grad]
     quant_params = {id(p) for m in model.modules() if isinstance(m, LearnedQuant) for p in m.parameters(recurse=False)}
     decay = [p for n, p in model.named_parameters() if p.requires_grad and id(p) not in quant_params and n.endswith("weight")]
     rest = [p for p in params if all(p is not d for d in decay)]
@@ -208,6 +273,9 @@ def train(
         it = track(batches, f"epoch {epoch + 1}/{epochs}", total=n) if progress else batches
         for batch in it:
             x, y = _split(batch, transform_fn)
+            if dev.type != "cpu":
+                x = x.to(dev, non_blocking=True)
+                y = y.to(dev, non_blocking=True) if isinstance(y, torch.Tensor) else y
             if not torch.isfinite(x).all():
                 raise CalibrationError("a training batch holds NaN/Inf values; clean the data first")
             for m in learned:
@@ -234,10 +302,11 @@ def train(
         model.eval()
         entry = {"epoch": epoch + 1, "loss": total_loss / max(1, seen), "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
         if val_data is not None:
-            entry["val_accuracy"] = _accuracy(model, val_data)
+            entry["val_accuracy"] = _accuracy(model.cpu(), val_data)
+            model.to(dev)
         history.append(entry)
         if path is not None:
             _save(path, {"format": FORMAT, "version": VERSION, "fingerprint": fp, "epoch": epoch + 1, "history": history,
                          "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
     model.eval()
-    return {"history": history, "seconds": time.perf_counter() - t_all, "resumed_from": resumed}
+    return {"history": history, "seconds": time.perf_counter() - t_all, "resumed_from": resumed, "device": str(dev)}
