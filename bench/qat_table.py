@@ -192,9 +192,11 @@ def print_table(table: dict) -> None:
         gain = "–" if ptq is None else f"{r['accuracy'] - ptq[1]:+.2f}"
         print(f"| {name} | W{r['weight_bits']}A{r['activation_bits']} | {r['epochs']} | {r['initial']:.2f} | **{r['accuracy']:.2f}** | "
               f"{r['drop_pp']:+.2f} | {met} | {ptq_s} | {gain} | {r['train_seconds']:.0f} |")
-    if "qat-w2a2-lsq" in table and "qat-w2a2-lsq+distill" in table:
-        d = table["qat-w2a2-lsq+distill"]["accuracy"] - table["qat-w2a2-lsq"]["accuracy"]
-        print(f"\ndistillation at W2A2 (same schedule): {d:+.2f} pp (target ≥ +0.3: {'met' if d >= 0.3 else 'not met'})")
+    for plain in [k for k in table if k.split("@")[0] == "qat-w2a2-lsq"]:  # each pair with the same schedule / machine
+        twin = plain.replace("qat-w2a2-lsq", "qat-w2a2-lsq+distill", 1)
+        if twin in table:
+            d = table[twin]["accuracy"] - table[plain]["accuracy"]
+            print(f"\ndistillation at W2A2 ({plain} vs {twin}): {d:+.2f} pp (target ≥ +0.3: {'met' if d >= 0.3 else 'not met'})")
 
 
 def plot(table: dict, out: Path = PLOT) -> None:

@@ -385,10 +385,16 @@ def mixed(
     out: str | None = typer.Option(None, help="write the plan as a recipe YAML (use it with lowbit quantize --recipe)"),
     evaluate: bool = typer.Option(True, help="quantize with the plan and evaluate on the 10k test set"),
     data_dir: str | None = typer.Option(None, help="Fashion-MNIST folder"),
+    method: str = typer.Option("milp", help="milp (exact, on the sensitivity estimates) or dnas (differentiable Gumbel-softmax search)"),
+    dnas_steps: int = typer.Option(300, help="dnas: optimisation steps"),
+    report: str | None = typer.Option(None, help="folder for an HTML / Markdown / JSON report: the plan's bits per layer, "
+                                      "accuracy vs size (and vs latency) of a frontier of plans and of the uniform widths"),
 ) -> None:
-    """Mixed precision: measure sensitivities, solve the budgeted MILP, write / evaluate the plan.
+    """Mixed precision: measure sensitivities, solve the budgeted MILP (or run the differentiable
+    search), write / evaluate the plan.
 
-    Budgets combine: --avg-bits, --bitops-ratio and --latency-ratio (any of them, at least one).
+    Budgets combine for the MILP: --avg-bits, --bitops-ratio and --latency-ratio (any of them, at
+    least one); --method dnas takes exactly one budget and one activation width.
     """
     from ..algorithms.mixed_precision import model_cost, search, size_for_average_bits
     from ..io import atomic_write_text
@@ -397,6 +403,12 @@ def mixed(
     if average_bits is None and bitops_ratio is None and latency_ratio is None:
         raise ConfigError("give a budget: --avg-bits B (bits per weight), --bitops-ratio R (of uniform W8A8) and/or "
                           "--latency-ratio R (of float on ONNX Runtime)")
+    if method not in ("milp", "dnas"):
+        raise ConfigError(f"--method must be milp or dnas, got {method!r}")
+    if report is not None and not evaluate:
+        raise ConfigError("--report needs the evaluation; drop --no-evaluate")
+    if method == "dnas" and sum(b is not None for b in (average_bits, bitops_ratio, latency_ratio)) != 1:
+        raise ConfigError("--method dnas takes exactly one budget: --avg-bits, --bitops-ratio or --latency-ratio")
     if latency_ratio is not None and not 0 < latency_ratio <= 1:
         raise ConfigError(f"--latency-ratio must be in (0, 1], got {latency_ratio}")
     if latency_table is not None and latency_ratio is None:
@@ -414,8 +426,13 @@ def mixed(
         wbits = [int(b) for b in bits.split(",") if b.strip()]
     except ValueError:
         raise ConfigError(f"--bits / --activation-bits must be comma lists of integers, got {bits!r} / {activation_bits!r}") from None
+    if method == "dnas" and len(abits) != 1:
+        raise ConfigError(f"--method dnas searches weight widths at one activation width; give one --activation-bits, got {activation_bits!r}")
     widths = sorted(set(wbits) | set(abits) | ({8} if keep_ends else set()))
-    base, float_model, rep = _sensitivity(model, recipe, weights, ",".join(map(str, widths)), estimator, samples, data_dir)
+    if method == "dnas":  # the layer sizes / MACs only (one cheap pass): dnas measures its own objective
+        base, float_model, rep = _sensitivity(model, recipe, weights, "8", "mse", min(samples, 128), data_dir)
+    else:
+        base, float_model, rep = _sensitivity(model, recipe, weights, ",".join(map(str, widths)), estimator, samples, data_dir)
     pairs = [(w, a) for w in wbits for a in abits] + ([(32, 32)] if allow_float else [])
     fixed = {rep.layers[0]: (8, 8), rep.layers[-1]: (8, 8)} if keep_ends else {}
     budget: dict[str, float] = {}
@@ -431,8 +448,19 @@ def mixed(
         budget["latency"] = latency_ratio * table.float_seconds
         typer.echo(f"latency table: int8 {table.int8_seconds * 1e3:.3f} ms, float {table.float_seconds * 1e3:.3f} ms per call "
                    f"at batch {batch}; budget {budget['latency'] * 1e3:.3f} ms")
-    plan = search(rep, budget, estimator=estimator, pairs=pairs, fixed=fixed, latency=table)
-    typer.echo(f"plan ({estimator}): {plan.average_weight_bits(rep):.2f} bits per weight on average, budget {budget}")
+    if method == "dnas":
+        from ..algorithms.mixed_precision import dnas_search
+        from ..data import load_fashion_mnist
+
+        train = load_fashion_mnist("train", data_dir).subset(samples, seed=0)
+        res = dnas_search(float_model, base, [train.images[i:i + 256] for i in range(0, samples, 256)], budget, bits=wbits,
+                          allow_float=allow_float, act_bits=abits[0], fixed=fixed, latency=table, steps=dnas_steps, max_samples=samples,
+                          log=typer.echo)
+        plan = res.plan
+        typer.echo(f"dnas: {res.seconds:.1f} s, {res.repaired} repair step(s) after the argmax read-out")
+    else:
+        plan = search(rep, budget, estimator=estimator, pairs=pairs, fixed=fixed, latency=table)
+    typer.echo(f"plan ({plan.estimator}): {plan.average_weight_bits(rep):.2f} bits per weight on average, budget {budget}")
     for layer, (w, a) in plan.bits.items():
         typer.echo(f"  {layer}: W{w}A{a}")
     config = plan.to_config(base)
@@ -443,6 +471,13 @@ def mixed(
         calib, test = _load_data(data_dir, config.calib_size)
         _, result = quantize_and_measure(float_model, config, calib, test, recipe=f"{Path(recipe).stem}-mixed", model_name=model)
         _print_result(result)
+        if report is not None:
+            from ..report import write_report
+
+            result["mixed"] = _mixed_report_points(float_model, base, rep, plan, method, estimator, pairs, fixed, wbits, abits, table,
+                                                   calib, test)
+            paths = write_report([result], report)
+            typer.echo(f"report: {paths['html']}")
         if table is not None:
             import copy
 
@@ -454,6 +489,38 @@ def mixed(
             pred = table.predict(plan.bits)
             typer.echo(f"latency: measured {m['plan'] * 1e3:.3f} ms ({m['ratio']:.2f}x float), predicted {pred * 1e3:.3f} ms "
                        f"({(pred - m['plan']) / m['plan']:+.1%})")
+
+
+def _mixed_report_points(float_model, base, rep, plan, method, estimator, pairs, fixed, wbits, abits, table, calib, test) -> dict:
+    """Accuracy (10k test), average weight bits and predicted latency / float of the uniform widths and,
+    for the MILP, of a frontier of plans at evenly spaced average widths (for the report's plots; the
+    differentiable search is not re-run per budget, so its report shows the chosen plan and the uniform widths)."""
+    import copy
+
+    from ..algorithms.mixed_precision import Plan, search, size_for_average_bits
+    from ..api import evaluate as evaluate_model
+    from ..api import quantize_
+
+    def point(p: Plan, **extra) -> dict:
+        acc = evaluate_model(quantize_(copy.deepcopy(float_model), p.to_config(base), data=calib), test)
+        lat = table.predict(p.bits) / table.float_seconds if table is not None else None
+        return {"average_bits": p.average_weight_bits(rep), "accuracy": acc, "latency_ratio": lat, **extra}
+
+    a = max(abits)
+    uniform = [point(Plan(bits={n: fixed.get(n, (w, a)) for n in rep.layers}), name=f"W{w}A{a}") for w in sorted(wbits)]
+    chosen = {"average_bits": plan.average_weight_bits(rep), "latency_ratio": table.predict(plan.bits) / table.float_seconds if table else None}
+    frontier = []
+    if method == "milp":
+        lo, hi = min(wbits), max(wbits)
+        for i in range(7):
+            avg = lo + (hi - lo) * i / 6
+            try:
+                p = search(rep, {"size": size_for_average_bits(rep, avg)}, estimator=estimator, pairs=pairs, fixed=fixed, latency=table)
+            except ConfigError:  # below what the pinned layers allow
+                continue
+            frontier.append(point(p, budget_average_bits=avg))
+    return {"method": method, "estimator": estimator if method == "milp" else "dnas", "frontier": frontier, "uniform": uniform,
+            "chosen": chosen}
 
 
 def _latency_table(float_model, base, path: str | None, batch: int, data_dir: str | None, threads: int = 2):

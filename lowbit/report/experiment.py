@@ -86,6 +86,7 @@ def layer_diagnostics(float_model: nn.Module, qmodel: nn.Module, batch: torch.Te
         else:
             row.update(weight_bits=32, granularity="float", weight_spec="float", weight_sqnr_db=None, weight_clip=None)
         row["weight_hist"] = _hist(w)
+        row["params"] = w.numel()
         aq = m.input_quant
         if aq is not None and aq.scale is not None:
             row.update(activation_bits=aq.spec.format.bits, activation_spec=aq.spec.describe(),

@@ -106,6 +106,72 @@ def pareto_plot(results: list[dict]) -> str | None:
     return _png(fig)
 
 
+def bits_plot(result: dict) -> str | None:
+    """The chosen bits of every layer drawn over the network, in execution order: weight and input
+    widths as bars (float = 32 drawn as "fp"), each layer's share of the weights as a line. Drawn
+    only when the widths differ between layers (a mixed-precision plan)."""
+    layers = result.get("layers")
+    if not layers or len({(r.get("weight_bits"), r.get("activation_bits")) for r in layers}) < 2:
+        return None
+    plt = _plt()
+    names = [r["name"] for r in layers]
+    wb = [r.get("weight_bits") or 32 for r in layers]
+    ab = [r.get("activation_bits") or 32 for r in layers]
+    params = [max(1, int(r.get("params") or sum((r.get("weight_hist") or {}).get("counts", [])))) for r in layers]
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(names)), 3.4))
+    x = list(range(len(names)))
+    ax.bar([i - 0.2 for i in x], [min(b, 10) for b in wb], width=0.4, label="weight bits", color="tab:blue")
+    ax.bar([i + 0.2 for i in x], [min(b, 10) for b in ab], width=0.4, label="input bits", color="tab:orange")
+    for i, (w, a) in enumerate(zip(wb, ab, strict=True)):
+        ax.annotate("fp" if w >= 16 else str(w), (i - 0.2, min(w, 10)), ha="center", va="bottom", fontsize=7)
+        ax.annotate("fp" if a >= 16 else str(a), (i + 0.2, min(a, 10)), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=70, fontsize=7)
+    ax.set_ylabel("bits")
+    ax.set_ylim(0, 11.5)
+    if sum(params) > len(params):
+        ax2 = ax.twinx()
+        ax2.plot(x, [100 * p / sum(params) for p in params], "k.--", lw=0.8, label="share of weights %")
+        ax2.set_ylabel("share of weights %", fontsize=8)
+        ax2.legend(fontsize=7, loc="upper right")
+    ax.set_title(f"{result['model']} / {result['recipe']}: bits per layer (network order)")
+    ax.legend(fontsize=7, loc="upper left")
+    return _png(fig)
+
+
+def mixed_plots(result: dict) -> list[tuple[str, str]]:
+    """For a result with a ``mixed`` section (``lowbit mixed --report``): accuracy vs weight size and,
+    when the plans have latencies, accuracy vs latency (fraction of float) — the mixed-precision
+    frontier as a line, the uniform configurations as squares, the chosen plan as a star."""
+    mixed = result.get("mixed")
+    if not mixed or not (mixed.get("frontier") or mixed.get("uniform")):
+        return []
+    plt = _plt()
+    out = []
+    axes = [("average_bits", "bits per weight (average)", "accuracy vs size")]
+    if any(p.get("latency_ratio") is not None for p in mixed.get("frontier", []) + mixed.get("uniform", [])):
+        axes.append(("latency_ratio", "latency / float (predicted by the measured table)", "accuracy vs latency"))
+    for key, xlabel, title in axes:
+        fig, ax = plt.subplots(figsize=(5.5, 3.4))
+        fr = sorted((p for p in mixed.get("frontier", []) if p.get(key) is not None), key=lambda p: p[key])
+        if fr:
+            ax.plot([p[key] for p in fr], [p["accuracy"] for p in fr], "o-", label=f"mixed-precision frontier ({mixed.get('method', 'milp')})")
+        for u in mixed.get("uniform", []):
+            if u.get(key) is not None:
+                ax.plot(u[key], u["accuracy"], "s", color="grey")
+                ax.annotate(u["name"], (u[key], u["accuracy"]), fontsize=7)
+        chosen = mixed.get("chosen", {})
+        if chosen.get(key) is not None:
+            ax.plot(chosen[key], result["quantized_accuracy"], "*", ms=14, color="tab:red", label="chosen plan")
+        ax.axhline(result["fp32_accuracy"], ls="--", color="black", lw=0.8, label="float")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{result['model']}: {title}")
+        ax.legend(fontsize=7)
+        out.append((title, _png(fig)))
+    return out
+
+
 def _summary_rows(results: list[dict]) -> list[list[str]]:
     rows = []
     for r in results:
@@ -167,7 +233,9 @@ def to_html(results: list[dict]) -> str:
             parts.append("</table>")
         for s in r.get("skipped_layers", []):
             parts.append(f"<p>skipped {esc(s['layer'])}: {esc(s['reason'])}</p>")
-        for img in (sqnr_plot(r), histogram_grid(r)):
+        for title, img in mixed_plots(r):
+            parts.append(f"<h3>Mixed precision: {esc(title)}</h3><img src='{img}'><br>")
+        for img in (bits_plot(r), sqnr_plot(r), histogram_grid(r)):
             if img:
                 parts.append(f"<img src='{img}'><br>")
     parts.append("</body></html>")

@@ -275,12 +275,31 @@ def test_sensitivity_and_mixed_plan_round_trip_through_quantize(tmp_path):
      (["mixed", "fmnist-mlp", "--latency-ratio", "0.7", "--latency-table", "/nonexistent/t.json", "--samples", "64"],
       "does not exist"),
      (["mixed", "fmnist-mlp", "--avg-bits", "1", "--no-keep-ends", "--samples", "64"], "unreachable"),
+     (["mixed", "fmnist-mlp", "--avg-bits", "4", "--method", "anneal"], "--method must be milp or dnas"),
+     (["mixed", "fmnist-mlp", "--avg-bits", "4", "--bitops-ratio", "0.5", "--method", "dnas"], "exactly one budget"),
+     (["mixed", "fmnist-mlp", "--avg-bits", "4", "--activation-bits", "4,8", "--method", "dnas"], "one --activation-bits"),
+     (["mixed", "fmnist-mlp", "--avg-bits", "4", "--report", "r", "--no-evaluate"], "--report needs the evaluation"),
+     (["mixed", "fmnist-mlp", "--avg-bits", "4", "--method", "dnas", "--samples", "64"], "nothing to search"),
      (["sensitivity", "fmnist-mlp", "--estimators", "fisher"], "unknown sensitivity estimator 'fisher'"),
      (["sensitivity", "fmnist-mlp", "--bits", "2,x"], "--bits must be a comma list")],
 )
 def test_mixed_errors(args, needle):
     p = run(*args)
     assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr
+
+
+def test_mixed_dnas_writes_a_plan_and_a_report(tmp_path):
+    rep, plan = tmp_path / "rep", tmp_path / "plan.yaml"
+    p = run("mixed", "fmnist-mlp", "--method", "dnas", "--avg-bits", "3", "--bits", "2,4,8", "--no-keep-ends", "--samples", "128",
+            "--dnas-steps", "10", "--out", str(plan), "--report", str(rep))
+    assert p.returncode == 0, p.stderr
+    assert "plan (dnas)" in p.stdout and "dnas step" in p.stdout and "quant acc %" in p.stdout
+    r = json.loads((rep / "report.json").read_text())[0]
+    n1, n2 = 784 * 128, 128 * 10
+    bits = {layer["name"]: layer["weight_bits"] for layer in r["layers"]}
+    assert (n1 * bits["fc1"] + n2 * bits["fc2"]) / (n1 + n2) <= 3 and r["mixed"]["method"] == "dnas"
+    assert "Mixed precision: accuracy vs size" in (rep / "report.html").read_text()
+    assert plan.exists()
 
 
 def test_latency_table_cli_and_latency_budgeted_mixed(tmp_path):
@@ -292,10 +311,16 @@ def test_latency_table_cli_and_latency_budgeted_mixed(tmp_path):
     # int8 is barely faster than float for this small MLP (timing noise decides); make the budget reachable
     t["int8_seconds"], t["layers"] = 0.5 * t["float_seconds"], {"fc1": 0.4 * t["float_seconds"], "fc2": 0.1 * t["float_seconds"]}
     table.write_text(json.dumps(t))
+    rep = tmp_path / "rep"
     p = run("mixed", "fmnist-mlp", "--latency-ratio", "0.7", "--latency-table", str(table), "--bits", "4,8", "--no-keep-ends",
-            "--float", "--samples", "64", "--estimator", "mse")
+            "--float", "--samples", "64", "--estimator", "mse", "--report", str(rep))
     assert p.returncode == 0, p.stderr
     assert "latency: measured" in p.stdout and "predicted" in p.stdout
+    mixed = json.loads((rep / "report.json").read_text())[0]["mixed"]
+    assert [u["name"] for u in mixed["uniform"]] == ["W4A8", "W8A8"] and mixed["frontier"] and mixed["chosen"]["latency_ratio"] <= 0.7
+    assert all(0 <= f["accuracy"] <= 100 and f["latency_ratio"] > 0 for f in mixed["frontier"] + mixed["uniform"])
+    html = (rep / "report.html").read_text()
+    assert "Mixed precision: accuracy vs size" in html and "Mixed precision: accuracy vs latency" in html
     assert "fc1: W32A32" not in p.stdout  # float fc1 would cost 0.9x float > the 0.7x budget
     t["machine"]["cpu"] = "some other CPU"
     table.write_text(json.dumps(t))

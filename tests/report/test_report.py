@@ -54,3 +54,27 @@ def test_quantize_and_measure_report_files(tmp_path, fmnist_calib, fmnist_small_
     assert json.loads(paths["json"].read_text())[0]["recipe"] == "w4a8"
     html = paths["html"].read_text()
     assert html.count("data:image/png;base64") >= 2 and "layers.0.conv1" in html
+
+
+def test_bits_plot_only_for_mixed_widths_and_mixed_section_plots():
+    from lowbit.report.html import bits_plot, mixed_plots, to_html
+
+    layer = {"name": "a", "weight_bits": 4, "activation_bits": 8, "params": 100}
+    base = {"model": "m", "recipe": "r", "fp32_accuracy": 90.0, "quantized_accuracy": 89.0, "accuracy_drop_pp": 1.0,
+            "quantize_seconds": 1.0, "size_bytes": {"fp32": 400, "quantized": 100}}
+    assert bits_plot({**base, "layers": [layer, {**layer, "name": "b"}]}) is None  # uniform: nothing to draw
+    mixed_layers = [layer, {**layer, "name": "b", "weight_bits": 2}, {**layer, "name": "c", "weight_bits": 32, "activation_bits": 32}]
+    assert bits_plot({**base, "layers": mixed_layers}).startswith("data:image/png;base64,")
+    mixed = {"method": "milp", "frontier": [{"average_bits": 3.0, "accuracy": 88.0, "latency_ratio": 0.6},
+                                            {"average_bits": 4.0, "accuracy": 89.5, "latency_ratio": 0.7}],
+             "uniform": [{"name": "W4A8", "average_bits": 4.0, "accuracy": 89.0, "latency_ratio": 0.72}],
+             "chosen": {"average_bits": 3.5, "latency_ratio": 0.65}}
+    plots = mixed_plots({**base, "mixed": mixed})
+    assert [t for t, _ in plots] == ["accuracy vs size", "accuracy vs latency"]
+    no_latency = {**mixed, "frontier": [{**f, "latency_ratio": None} for f in mixed["frontier"]],
+                  "uniform": [{**mixed["uniform"][0], "latency_ratio": None}]}
+    assert [t for t, _ in mixed_plots({**base, "mixed": no_latency})] == ["accuracy vs size"]
+    assert mixed_plots(base) == []
+    html = to_html([{**base, "layers": [{**x, "weight_spec": "s", "activation_spec": "s", "weight_sqnr_db": 1.0} for x in mixed_layers],
+                     "mixed": mixed}])
+    assert html.count("Mixed precision:") == 2

@@ -1,6 +1,9 @@
 """Mixed precision: per-layer sensitivity (output error, loss change, Hessian trace) and an exact
-budgeted search over per-layer (weight, activation) widths under size, BitOPs or measured-latency budgets."""
+budgeted search over per-layer (weight, activation) widths under size, BitOPs or measured-latency budgets;
+a differentiable (DNAS-style) search as the second method; accuracy-aware tuning."""
 
+from .dnas import DnasResult as DnasResult
+from .dnas import dnas_search as dnas_search
 from .latency import LatencyTable as LatencyTable
 from .latency import LatencyTableMismatch as LatencyTableMismatch
 from .latency import cached_latency_table as cached_latency_table

@@ -178,6 +178,9 @@ def dnas_search(
         if missing:
             raise ConfigError(f"the latency table has no entry for layer(s) {missing[:4]}; it was measured for another model")
     searched = [n for n in probe.layers if n not in fixed]
+    if not searched:
+        raise ConfigError(f"nothing to search: all {len(probe.layers)} layers are pinned by fixed={sorted(fixed)}; "
+                          "unpin some (the CLI pins the first and last layer unless --no-keep-ends)")
     pair = {b: (b, act_bits) for b in cand}
     cost = torch.tensor([[pair_cost(rep, n, pair[b], metric, latency) for b in cand] for n in searched], dtype=torch.float64)
     const = sum(pair_cost(rep, n, fixed[n], metric, latency) for n in fixed)
@@ -215,7 +218,7 @@ def dnas_search(
         kl = F.kl_div(F.log_softmax(probe.model(pool[idx]), 1), target[idx], log_target=True, reduction="batchmean")
         expected = const + (F.softmax(theta / t, dim=1).double() * cost).sum()
         if kl0 is None:
-            kl0 = max(float(kl), 1e-8)
+            kl0 = max(float(kl.detach()), 1e-8)
         loss = kl / kl0 + penalty * ((expected / limit - 1) ** 2).float()
         opt.zero_grad()
         loss.backward()
