@@ -9,6 +9,11 @@ average widths 2.0 .. 6 bits per weight.
 
     python bench/mixed_precision.py                               # both zoo models
     python bench/mixed_precision.py --models fmnist-resnet --estimators hessian
+    python bench/mixed_precision.py --models fmnist-resnet --estimators loss --adaround --uniform W2A8,W3A8 --frontier 2.5,3.0
+
+``--adaround``: both the uniform and the mixed configurations are quantized with AdaRound (the same
+specs, learned rounding per layer on the 512 calibration images) instead of round-to-nearest; the
+sensitivities stay those of round-to-nearest. Stored under ``MODEL+adaround``.
 
 Writes bench/results/mixed_precision.json and docs/img/mixed_precision_MODEL.png, prints Markdown tables.
 """
@@ -53,7 +58,12 @@ def main() -> None:
     ap.add_argument("--models", default="fmnist-resnet,fmnist-mobilenet")
     ap.add_argument("--estimators", default="hessian,mse,loss")
     ap.add_argument("--observer", default="minmax", help="weight observer of the PTQ method (minmax or mse)")
+    ap.add_argument("--adaround", action="store_true", help="quantize every configuration with AdaRound (learned rounding)")
+    ap.add_argument("--uniform", default=",".join(f"W{w}A{a}" for w, a in UNIFORM), help="uniform sizes to compare at")
+    ap.add_argument("--frontier", default=",".join(map(str, FRONTIER)), help="average bits per weight of the frontier")
     args = ap.parse_args()
+    uniform = [(int(u[1:].split("A")[0]), int(u.split("A")[1])) for u in args.uniform.split(",") if u]
+    frontier = [float(f) for f in args.frontier.split(",") if f]
     torch.manual_seed(0)
     train = load_fashion_mnist("train")
     calib = train.subset(512, seed=0)
@@ -64,38 +74,45 @@ def main() -> None:
     for name in args.models.split(","):
         model = load_model(name)
         base = base_config(args.observer)
+        qbase = base
+        if args.adaround:
+            from lowbit.algorithms.adaround import AdaRoundConfig
+
+            qbase = AdaRoundConfig(weight=base.weight, activation=base.activation)
         fp = lowbit.evaluate(model, test)
         t0 = time.perf_counter()
         rep = layer_sensitivity(model, base, data, bits=WIDTHS, estimators=ests)
         sens_s = time.perf_counter() - t0
         ends = {rep.layers[0]: (8, 8), rep.layers[-1]: (8, 8)}
-        row: dict = {"fp32": fp, "sensitivity_seconds": sens_s, "observer": args.observer, "uniform": {}, "frontier": {}}
-        for wb, ab in UNIFORM:
+        row: dict = {"fp32": fp, "sensitivity_seconds": sens_s, "observer": args.observer, "uniform": {}, "frontier": {},
+                     "rounding": "adaround" if args.adaround else "nearest"}
+        for wb, ab in uniform:
             bits = {n: ends.get(n, (wb, ab)) for n in rep.layers}
             size = model_cost(rep, bits, "size")
             plan_u = Plan(bits=bits)
-            acc_u = accuracy(model, plan_u.to_config(base), calib, test)
+            acc_u = accuracy(model, plan_u.to_config(qbase), calib, test)
             cell = {"size_bytes": size, "average_bits": plan_u.average_weight_bits(rep), "uniform": acc_u, "mixed": {}}
             for est in ests:
                 plan = search(rep, {"size": size}, estimator=est, pairs=[(w, ab) for w in WIDTHS], fixed=ends)
-                cell["mixed"][est] = {"accuracy": accuracy(model, plan.to_config(base), calib, test),
+                cell["mixed"][est] = {"accuracy": accuracy(model, plan.to_config(qbase), calib, test),
                                       "average_bits": plan.average_weight_bits(rep), "bits": {k: list(v) for k, v in plan.bits.items()}}
             row["uniform"][f"W{wb}A{ab}"] = cell
             print(f"{name} W{wb}A{ab}: uniform {acc_u:.2f}  " + "  ".join(f"{e} {c['accuracy']:.2f}" for e, c in cell["mixed"].items()))
-        for avg in FRONTIER:
+        for avg in frontier:
             try:
                 budget = size_for_average_bits(rep, avg)
                 plan = search(rep, {"size": budget}, estimator=ests[0], pairs=[(w, 8) for w in WIDTHS])
             except lowbit.ConfigError as e:
                 print(f"{name} {avg} bits: {e}")
                 continue
-            row["frontier"][str(avg)] = {"accuracy": accuracy(model, plan.to_config(base), calib, test),
+            row["frontier"][str(avg)] = {"accuracy": accuracy(model, plan.to_config(qbase), calib, test),
                                          "average_bits": plan.average_weight_bits(rep), "size_bytes": plan.costs["size"],
                                          "bits": {k: list(v) for k, v in plan.bits.items()}}
             print(f"{name} frontier {avg} bits/weight ({ests[0]}): {row['frontier'][str(avg)]['accuracy']:.2f}")
-        results[name] = row
+        key = name + ("+adaround" if args.adaround else "")
+        results[key] = row
         atomic_write_text(OUT, json.dumps(results, indent=1))
-        _plot(name, row, ROOT / "docs" / "img" / f"mixed_precision_{name}.png")
+        _plot(key, row, ROOT / "docs" / "img" / f"mixed_precision_{key}.png")
     _print(results, ests)
 
 
