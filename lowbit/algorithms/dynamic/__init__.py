@@ -1,0 +1,31 @@
+"""Instance-aware dynamic quantization (Liu et al., CVPR 2022; MISSION F18).
+
+A bit controller (the network's own first layers + a two-layer MLP) picks, per input sample, the
+width of every later conv / linear layer's weights and activations from ``K`` candidates; network
+and controller are trained jointly through straight-through Gumbel-softmax choices with a
+BitOPs-budget regularizer. See :mod:`.layers` (dynamic layers), :mod:`.controller`,
+:mod:`.model` (the split, the cost accounting), :mod:`.train` (training, evaluation) and
+:mod:`.config`.
+
+Example:
+    >>> import torch
+    >>> from lowbit.zoo.models import FmnistMobileNet
+    >>> torch.manual_seed(0) and None
+    >>> dyn = prepare(FmnistMobileNet().eval(), DynamicConfig(bits=(2, 4, 6), target_bitops=0.5), [torch.randn(8, 1, 28, 28)])
+    >>> dyn.trunk, dyn.classifier, len(dyn.dynamic_layers)
+    (('stem',), 'fc', 21)
+"""
+
+from .config import DynamicConfig as DynamicConfig
+from .controller import BitController as BitController
+from .layers import CANDIDATE_BITS as CANDIDATE_BITS
+from .layers import DynamicQuantConv2d as DynamicQuantConv2d
+from .layers import DynamicQuantLayer as DynamicQuantLayer
+from .layers import DynamicQuantLinear as DynamicQuantLinear
+from .layers import check_candidate_bits as check_candidate_bits
+from .layers import dynamic_layer as dynamic_layer
+from .model import DynamicQuantModel as DynamicQuantModel
+from .model import check_target as check_target
+from .model import prepare as prepare
+from .train import evaluate_dynamic as evaluate_dynamic
+from .train import train_dynamic as train_dynamic

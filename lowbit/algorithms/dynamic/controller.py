@@ -1,0 +1,79 @@
+"""The bit controller: a two-layer MLP on the pooled feature map of the network's own first layers.
+
+For a trunk feature map ``h`` of shape ``[B, C, H, W]`` (or ``[B, C]``)::
+
+    v      = (GAP(h) - mu) / sigma                       [B, C]   (mu, sigma: per-channel calibration statistics)
+    logits = W_2 relu(W_1 v + c_1) + c_2                 [B, L * K] -> [B, L, K]
+    p_jl   = softmax_k(logits_jl)                        probability of candidate k at dynamic layer l
+
+The trunk (the first layers of the main network) is shared, not duplicated: it runs once per forward
+as part of the network (:class:`~lowbit.algorithms.dynamic.DynamicQuantModel`), so the controller's
+own cost is just the MLP. It runs in float: ``MACs = C * hidden + hidden * L * K``, counted at
+``32 x 32`` BitOPs per MAC (:meth:`BitController.bitops`). The pooling's ``C * H * W`` additions and
+the standardization (foldable into ``W_1``) are not counted, as no layer's additions are.
+
+Example:
+    >>> import torch
+    >>> ctrl = BitController(trunk_channels=16, n_layers=5, K=3, hidden=8)
+    >>> ctrl(torch.rand(4, 16, 7, 7)).shape, ctrl.macs(), ctrl.bitops()
+    (torch.Size([4, 5, 3]), 248, 253952)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ...errors import ConfigError
+
+
+class BitController(nn.Module):
+    """``logits[B, n_layers, K] = MLP(standardize(GAP(trunk features)))`` (module docstring).
+
+    Args:
+        trunk_channels: ``C``, channels of the trunk's output.
+        n_layers: dynamic layers ``L`` the controller decides for.
+        K: candidate widths per layer.
+        hidden: width of the MLP's hidden layer.
+    """
+
+    def __init__(self, trunk_channels: int, n_layers: int, K: int, hidden: int = 64) -> None:
+        super().__init__()
+        for name, v in (("trunk_channels", trunk_channels), ("n_layers", n_layers), ("K", K), ("hidden", hidden)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        self.trunk_channels, self.n_layers, self.K, self.hidden = trunk_channels, n_layers, K, hidden
+        self.fc1 = nn.Linear(trunk_channels, hidden)
+        self.fc2 = nn.Linear(hidden, n_layers * K)
+        self.register_buffer("feature_mean", torch.zeros(trunk_channels))
+        self.register_buffer("feature_std", torch.ones(trunk_channels))
+
+    @staticmethod
+    def pool(h: torch.Tensor) -> torch.Tensor:
+        """Global average pooling over every dimension after the channels: ``[B, C, ...] -> [B, C]``."""
+        if h.ndim < 2:
+            raise ConfigError(f"the controller needs trunk features of shape [batch, channels, ...], got {list(h.shape)}")
+        return h.flatten(2).mean(2) if h.ndim > 2 else h
+
+    @torch.no_grad()
+    def set_feature_stats(self, pooled: torch.Tensor) -> None:
+        """Standardize the pooled features with the per-channel mean / std of ``pooled`` ``[N, C]``
+        (calibration data), so the MLP starts on inputs of unit scale whatever the trunk's."""
+        self.feature_mean.copy_(pooled.mean(0))
+        self.feature_std.copy_(pooled.std(0, unbiased=False).clamp_min(1e-6) if pooled.shape[0] > 1 else torch.ones_like(self.feature_std))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, n_layers, K]`` for trunk features ``h``."""
+        v = self.pool(h)
+        if v.shape[1] != self.trunk_channels:
+            raise ConfigError(f"the controller was built for {self.trunk_channels} trunk channels, got {v.shape[1]}")
+        v = (v - self.feature_mean) / self.feature_std
+        return self.fc2(torch.relu(self.fc1(v))).reshape(v.shape[0], self.n_layers, self.K)
+
+    def macs(self) -> int:
+        """MLP multiply-accumulates per sample: ``C * hidden + hidden * L * K``."""
+        return self.trunk_channels * self.hidden + self.hidden * self.n_layers * self.K
+
+    def bitops(self) -> int:
+        """``macs() * 32 * 32``: the controller runs in float."""
+        return self.macs() * 32 * 32
