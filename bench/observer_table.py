@@ -49,6 +49,8 @@ def main() -> None:
         table[name] = {"fp32": fp32, "recipes": {}}
         for recipe in lowbit.list_recipes():
             cfg = lowbit.load_recipe(recipe)
+            if isinstance(cfg, lowbit.DynamicConfig):  # not applied by quantize_ (lowbit dynamic train)
+                continue
             row = {}
             runs = {"naive-minmax": naive(cfg)}
             if cfg.activation is None or cfg.activation.dynamic:

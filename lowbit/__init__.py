@@ -84,6 +84,13 @@ __version__ = "0.1.0"
 # algorithms that register themselves with quantize_ on import (after .api exists)
 from .algorithms.adaround import AdaRoundConfig as AdaRoundConfig  # noqa: E402
 from .algorithms.distill import distillation_loss as distillation_loss  # noqa: E402
+from .algorithms.dynamic import DynamicConfig as DynamicConfig  # noqa: E402
+from .algorithms.dynamic import DynamicQuantModel as DynamicQuantModel  # noqa: E402
+from .algorithms.dynamic import evaluate_dynamic as evaluate_dynamic  # noqa: E402
+from .algorithms.dynamic import load_dynamic as load_dynamic  # noqa: E402
+from .algorithms.dynamic import prepare_dynamic as prepare_dynamic  # noqa: E402
+from .algorithms.dynamic import save_dynamic as save_dynamic  # noqa: E402
+from .algorithms.dynamic import train_dynamic as train_dynamic  # noqa: E402
 from .algorithms.iterative import IterativeConfig as IterativeConfig  # noqa: E402
 from .algorithms.qat import QATConfig as QATConfig  # noqa: E402
 from .algorithms.qat import train as train  # noqa: E402

@@ -46,6 +46,23 @@ def register_handler(config_cls: type[Config]):
 
 register_handler(PTQConfig)(quantize_ptq)
 
+# Configs applied by their own verb, not by quantize_: their workflow builds a new model rather than
+# swapping layers in place (a dynamic model wraps the network with a bit controller). Recipes load
+# them like any config; quantize_ names the verb to call.
+_OWN_VERBS: dict[type[Config], str] = {}
+
+
+def register_verb(config_cls: type[Config], verb: str) -> None:
+    """Register ``config_cls`` as a config applied by ``verb`` (e.g. ``"lowbit.prepare_dynamic"``),
+    so that recipes of its ``kind`` load and :func:`quantize_` says which verb to use.
+
+    Example:
+        >>> from lowbit.algorithms.dynamic import DynamicConfig
+        >>> _OWN_VERBS[DynamicConfig]
+        'lowbit.prepare_dynamic'
+    """
+    _OWN_VERBS[config_cls] = verb
+
 # Refiners run after calibration on the same calibration inputs: fn(model, config, inputs) -> info dict.
 # (AdaRound, bias correction, iterative noise adaptation, ... — algorithms that need data and a
 # calibrated model.) A handler may also put a "synthetic_data" tensor in its info: quantize_ then
@@ -182,11 +199,15 @@ def quantize_(
             bias correction and ZeroQ with fine-tuning raise ``ConfigError``).
 
     Raises:
-        ConfigError: unknown config type, non-module model, ``calibrate=False`` with a refining config.
+        ConfigError: unknown config type, a config applied by its own verb (``DynamicConfig``:
+            :func:`lowbit.prepare_dynamic`), non-module model, ``calibrate=False`` with a refining config.
         CalibrationError: the config needs data and none was given (or it is empty / NaN).
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if type(config) in _OWN_VERBS:
+        raise ConfigError(f"{type(config).__name__} (kind {config.kind}) builds a new model rather than quantizing this one in "
+                          f"place, so quantize_ does not apply it; call {_OWN_VERBS[type(config)]}(model, config, data)")
     handler = _HANDLERS.get(type(config))
     if handler is None:
         known = sorted(c.__name__ for c in _HANDLERS)

@@ -1,4 +1,4 @@
-"""``lowbit`` CLI: quantize, eval, zoo list|train, recipes, demo.
+"""``lowbit`` CLI: quantize, eval, qat, dynamic train|eval, zoo list|train, recipes, demo.
 
 Every lowbit error is printed as one line (``error: ...``) with exit status 2.
 """
@@ -18,6 +18,8 @@ from ..errors import ConfigError, LowbitError, UnsupportedError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="lowbit: quantize PyTorch models and measure what it costs.")
 zoo_app = typer.Typer(no_args_is_help=True, help="The reference model zoo.")
 app.add_typer(zoo_app, name="zoo")
+dynamic_app = typer.Typer(no_args_is_help=True, help="Instance-aware dynamic quantization: per-sample bit widths from a bit controller.")
+app.add_typer(dynamic_app, name="dynamic")
 
 
 def _console():
@@ -57,6 +59,19 @@ def _load_data(data_dir: str | None, calib_size: int):
     test = load_fashion_mnist("test", data_dir)
     calib = load_fashion_mnist("train", data_dir).subset(calib_size, seed=0)
     return calib, test
+
+
+def _quantize_recipe(name: str):
+    """The recipe ``name`` for the quantize_ commands; a kind: dynamic recipe builds a new model with a bit
+    controller and is refused with the command that runs it."""
+    from ..algorithms.dynamic import DynamicConfig
+    from ..recipes import load_recipe
+
+    config = load_recipe(name)
+    if isinstance(config, DynamicConfig):
+        raise ConfigError(f"recipe {name!r} is kind dynamic (per-sample widths with a trained bit controller); "
+                          f"run it with: lowbit dynamic train MODEL --recipe {name}")
+    return config
 
 
 def _apply_observer(config, observer: str | None):
@@ -100,11 +115,10 @@ def quantize(
     (after reporting the closest configuration).
     """
     from ..io import atomic_write_text
-    from ..recipes import load_recipe
     from ..report import quantize_and_measure, write_report
     from ..zoo.resolve import load_model_spec
 
-    config = _apply_observer(load_recipe(recipe), observer)
+    config = _apply_observer(_quantize_recipe(recipe), observer)
     config = _with_calib_size(config, calib_size)
     if max_drop is not None:
         from ..algorithms.mixed_precision.tuning import check_tuning_args
@@ -164,14 +178,13 @@ def export(
     """Quantize MODEL with RECIPE and export it (ONNX QDQ for ONNX Runtime, or the packed .lowbit format)."""
     from ..api import quantize_
     from ..export import export_onnx, save
-    from ..recipes import load_recipe
     from ..zoo.resolve import load_model_spec
 
     formats = ("onnx", "onnx-fp32", "onnx-fp16", "onnx-bf16", "lowbit")
     if fmt not in formats:
         raise ConfigError(f"unknown --format {fmt!r}; use one of {list(formats)}")
     float_model = load_model_spec(model, weights)
-    config = _with_calib_size(load_recipe(recipe), calib_size)
+    config = _with_calib_size(_quantize_recipe(recipe), calib_size)
     calib, test = _load_data(data_dir, config.calib_size)
     example = test.images[:1]
     if fmt.startswith("onnx-"):
@@ -203,7 +216,6 @@ def bench(
 
     from ..api import quantize_
     from ..io import atomic_write_text
-    from ..recipes import load_recipe
     from ..report.bench import benchmark
     from ..zoo.resolve import load_model_spec
 
@@ -213,7 +225,7 @@ def bench(
 
     float_model = load_model_spec(model, weights)
     calib, test = _load_data(data_dir, 512)
-    qmodel = quantize_(copy.deepcopy(float_model), load_recipe(recipe), data=calib)
+    qmodel = quantize_(copy.deepcopy(float_model), _quantize_recipe(recipe), data=calib)
     from ..runtime import ort_available
 
     if not ort_available():
@@ -323,10 +335,157 @@ def qat(
         typer.echo(f"converted model: {out}")
 
 
+def _int_list(text: str, flag: str) -> list[int]:
+    """``"2,3,4"`` -> ``[2, 3, 4]``; an empty string gives ``[]`` (the config says what is wrong with it)."""
+    try:
+        return [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} must be a comma list of integer widths (e.g. 2,3,4,5,6), got {text!r}") from None
+
+
+def _dynamic_result(r: dict) -> dict:
+    """``evaluate_dynamic``'s result for JSON: the per-sample tensors summarized (share of each width over
+    all samples and layers; quantiles of the per-sample BitOPs fraction; accuracy per quartile of it)."""
+    import torch
+
+    bits, frac, correct = r["bits"], r["bitops"].double() / r["reference_bitops"], r["correct"]
+    q = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0], dtype=torch.float64)
+    out = {k: v for k, v in r.items() if not isinstance(v, torch.Tensor)}
+    out["bits_share"] = {str(b): float((bits == b).double().mean()) for b in bits.unique().tolist()}
+    out["fraction_quantiles"] = dict(zip(("min", "p10", "median", "p90", "max"), torch.quantile(frac, q).tolist(), strict=True))
+    order = frac.argsort()
+    out["accuracy_by_fraction_quartile"] = [100.0 * float(correct[i].double().mean()) for i in order.tensor_split(4) if i.numel()]
+    return out
+
+
+def _print_dynamic(result: dict, title: str) -> None:
+    from rich.table import Table
+
+    t = Table(title=title)
+    for h in ("fp32 acc %", "dynamic acc %", "drop pp", "avg BitOPs / ref", "controller share", "seconds"):
+        t.add_column(h, justify="right")
+    fp32, acc = result["fp32_accuracy"], result["dynamic_accuracy"]
+    t.add_row("-" if fp32 is None else f"{fp32:.2f}", f"{acc:.2f}", "-" if fp32 is None else f"{fp32 - acc:+.2f}",
+              f"{result['mean_fraction']:.3f}", f"{result['controller_share']:.2%}", f"{result['seconds']:.0f}")
+    _console().print(t)
+
+
+@dynamic_app.command("train")
+@guarded
+def dynamic_train(
+    model: str = typer.Argument(..., help="zoo name (fmnist-resnet) or path/to/file.py:ClassOrFactory"),
+    recipe: str = typer.Option("dynamic-b23456", "--recipe", "-r", help="a kind: dynamic recipe (lowbit recipes) or .yaml path"),
+    bits: str | None = typer.Option(None, help="candidate widths, increasing, e.g. 2,3,4,5,6 (default: the recipe's)"),
+    target_bitops: float | None = typer.Option(None, help="average BitOPs budget, fraction of the static model at the largest width (default: the recipe's)"),
+    trunk: str | None = typer.Option(None, help="controller trunk: comma list of module names (default: the first conv block)"),
+    epochs: int | None = typer.Option(None, help="training epochs (default: the recipe's)"),
+    lr: float | None = typer.Option(None, help="learning rate (default: the recipe's)"),
+    batch_size: int | None = typer.Option(None, help="minibatch size (default: the recipe's)"),
+    train_size: int | None = typer.Option(None, help="training images drawn from the training split (default: all 60 000)"),
+    distill: bool | None = typer.Option(None, "--distill/--no-distill", help="learn from the float model's soft targets too"),
+    calib_size: int | None = typer.Option(None, help="calibration images that initialize the steps (default: the recipe's)"),
+    weights: str | None = typer.Option(None, help="state_dict file of the float model"),
+    device: str = typer.Option("cpu", help="where training runs: cpu, cuda, cuda:N, mps or auto (evaluation stays on the CPU)"),
+    out: str | None = typer.Option(None, "--out", help="write the trained dynamic model here (safetensors + manifest)"),
+    json_path: str | None = typer.Option(None, "--json", help="write the result JSON here"),
+    data_dir: str | None = typer.Option(None, help="Fashion-MNIST folder"),
+) -> None:
+    """Dynamic quantization: prepare MODEL (calibrated on training images), train network and bit controller
+    jointly on the Fashion-MNIST training split, evaluate on the 10k test set (measured per-sample BitOPs)."""
+    import copy
+    import time
+
+    from ..algorithms.dynamic import DynamicConfig, evaluate_dynamic, prepare, save_dynamic, train_dynamic
+    from ..algorithms.qat.trainer import resolve_device
+    from ..api import evaluate
+    from ..data import load_fashion_mnist
+    from ..io import atomic_write_text
+    from ..recipes import load_recipe
+    from ..zoo.resolve import load_model_spec
+
+    config = load_recipe(recipe)
+    if not isinstance(config, DynamicConfig):
+        raise ConfigError(f"recipe {recipe!r} is kind {config.kind}; lowbit dynamic train needs a kind: dynamic recipe (see lowbit recipes)")
+    changes = {k: v for k, v in (("target_bitops", target_bitops), ("epochs", epochs), ("lr", lr), ("batch_size", batch_size),
+                                 ("distill", distill), ("calib_size", calib_size)) if v is not None}
+    if bits is not None:
+        changes["bits"] = _int_list(bits, "--bits")
+    if trunk is not None:
+        changes["trunk"] = [t.strip() for t in trunk.split(",") if t.strip()]
+    config = config.replace(**changes)  # validated here: bad widths, a target outside [(b_1/b_K)^2, 1], ...
+    if train_size is not None and train_size < 1:
+        raise ConfigError(f"--train-size must be >= 1, got {train_size}")
+    resolve_device(device)  # refuse a missing accelerator before any work
+    float_model = load_model_spec(model, weights).eval()
+    calib, test = _load_data(data_dir, config.calib_size)
+    train_set = load_fashion_mnist("train", data_dir)
+    if train_size is not None:
+        train_set = train_set.subset(train_size, seed=config.seed + 1)
+    t0 = time.perf_counter()
+    dyn = prepare(float_model, config, calib)  # also checks the target against this model's exact reachable range
+    t_prep = time.perf_counter() - t0
+    fp32 = evaluate(float_model, test, progress="evaluating fp32")
+    t1 = time.perf_counter()
+    run_info = train_dynamic(dyn, train_set, **config.train_kwargs(), teacher=copy.deepcopy(float_model) if config.distill else None,
+                             device=device)
+    seconds = t_prep + time.perf_counter() - t1  # prepare + train (the float evaluation in between is not counted)
+    r = _dynamic_result(evaluate_dynamic(dyn, test))
+    result = {"model": model, "recipe": Path(recipe).stem, "fp32_accuracy": fp32, "dynamic_accuracy": r["accuracy"],
+              "accuracy_drop_pp": fp32 - r["accuracy"], "mean_fraction": r["mean_fraction"], "controller_share": r["controller_share"],
+              "seconds": seconds, "train_seconds": run_info["seconds"], "train_images": len(train_set), "epochs": config.epochs,
+              "device": run_info["device"], "history": run_info["history"], "config": config.to_dict(), "structure": dyn.summary(),
+              "evaluation": r}
+    _print_dynamic(result, f"{model} / {result['recipe']} ({config.epochs} epochs on {len(train_set)} images, bits {list(config.bits)}, "
+                           f"target {config.target_bitops:g})")
+    if json_path:
+        atomic_write_text(json_path, json.dumps(result, indent=1, default=float) + "\n")
+    if out:
+        info = save_dynamic(dyn, out, model_spec=model)
+        typer.echo(f"dynamic model: {out} ({info['bytes']} bytes)")
+
+
+@dynamic_app.command("eval")
+@guarded
+def dynamic_eval(
+    path: str = typer.Argument(..., help="a dynamic model file (lowbit dynamic train --out)"),
+    weights: str | None = typer.Option(None, help="state_dict of the float model, for its accuracy (user models)"),
+    json_path: str | None = typer.Option(None, "--json", help="write the result JSON here"),
+    data_dir: str | None = typer.Option(None, help="Fashion-MNIST folder"),
+) -> None:
+    """Load a saved dynamic model and evaluate it on the 10k test set (accuracy, measured per-sample BitOPs)."""
+    import time
+
+    from ..algorithms.dynamic import evaluate_dynamic, load_dynamic, read_manifest
+    from ..api import evaluate
+    from ..data import load_fashion_mnist
+    from ..io import atomic_write_text
+    from ..zoo import ZOO
+    from ..zoo.resolve import load_model_spec
+
+    manifest = read_manifest(path)
+    spec = manifest.get("model")
+    if not spec:
+        raise ConfigError(f"{path} records no model spec; load it in Python with lowbit.load_dynamic(path, model=...)")
+    test = load_fashion_mnist("test", data_dir)
+    float_model = load_model_spec(spec, weights)
+    t0 = time.perf_counter()
+    dyn = load_dynamic(path, model=float_model)
+    r = _dynamic_result(evaluate_dynamic(dyn, test))
+    seconds = time.perf_counter() - t0
+    # the float accuracy needs the float weights: shipped with zoo models, given by --weights for a user model
+    fp32 = evaluate(float_model, test, progress="evaluating fp32") if (spec in ZOO or weights is not None) else None
+    cfg = (dyn.lowbit_info or {}).get("config") or {}
+    result = {"model": spec, "file": str(path), "fp32_accuracy": fp32, "dynamic_accuracy": r["accuracy"],
+              "accuracy_drop_pp": None if fp32 is None else fp32 - r["accuracy"], "mean_fraction": r["mean_fraction"],
+              "controller_share": r["controller_share"], "seconds": seconds, "config": cfg, "structure": dyn.summary(), "evaluation": r}
+    _print_dynamic(result, f"{spec} / {Path(path).name} (bits {list(dyn.bits)}, target {cfg.get('target_bitops', '?')})")
+    if json_path:
+        atomic_write_text(json_path, json.dumps(result, indent=1, default=float) + "\n")
+
+
 def _sensitivity(model: str, recipe: str, weights: str | None, bits: str, estimators: str, samples: int, data_dir: str | None):
     from ..algorithms.mixed_precision import layer_sensitivity
     from ..data import load_fashion_mnist
-    from ..recipes import load_recipe
     from ..zoo.resolve import load_model_spec
 
     try:
@@ -335,7 +494,7 @@ def _sensitivity(model: str, recipe: str, weights: str | None, bits: str, estima
         raise ConfigError(f"--bits must be a comma list of integers such as 2,3,4,6,8, got {bits!r}") from None
     if samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {samples}")
-    base = load_recipe(recipe)
+    base = _quantize_recipe(recipe)
     float_model = load_model_spec(model, weights)
     train = load_fashion_mnist("train", data_dir).subset(samples, seed=0)
     data = [(train.images[i:i + 128], train.labels[i:i + 128]) for i in range(0, samples, 128)]
@@ -415,9 +574,8 @@ def mixed(
         raise ConfigError("--latency-table is used with a latency budget; add --latency-ratio R")
     if latency_ratio is not None:
         from ..quant import PerChannel, PerTensor
-        from ..recipes import load_recipe
 
-        w = load_recipe(recipe).weight
+        w = _quantize_recipe(recipe).weight
         if w is not None and not isinstance(w.granularity, PerTensor | PerChannel):
             raise UnsupportedError(f"recipe {recipe}: {w.granularity.name} weights cannot run on ONNX Runtime's int8 kernels "
                                    "(no QDQ form below opset 21), so there is no latency to budget; use a per-channel recipe such as w4a8")
@@ -560,12 +718,11 @@ def latency(
     from ..algorithms.mixed_precision.latency import measure_latency_table
     from ..api import quantize_
     from ..data import load_fashion_mnist
-    from ..recipes import load_recipe
     from ..zoo.resolve import load_model_spec
 
     if threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {threads}")
-    config = load_recipe(recipe)
+    config = _quantize_recipe(recipe)
     float_model = load_model_spec(model, weights)
     calib = load_fashion_mnist("train", data_dir).subset(min(config.calib_size, 256), seed=0)
     q = quantize_(copy.deepcopy(float_model), config, data=calib)
@@ -645,12 +802,11 @@ def demo(
     from rich.table import Table
 
     from ..api import evaluate
-    from ..recipes import load_recipe
     from ..report import quantize_and_measure, write_report
     from ..zoo.resolve import load_model_spec
 
     names = [r.strip() for r in recipes_.split(",") if r.strip()]
-    configs = {n: _with_calib_size(load_recipe(n), calib_size) for n in names}  # validate all first
+    configs = {n: _with_calib_size(_quantize_recipe(n), calib_size) for n in names}  # validate all first
     float_model = load_model_spec(model)
     calib, test = _load_data(data_dir, max(c.calib_size for c in configs.values()))  # each config takes its first calib_size
     fp32 = evaluate(float_model, test, progress="evaluating fp32")

@@ -197,6 +197,9 @@ def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         meta = header.get("__metadata__") or {}
     except (ValueError, AttributeError):
         raise CheckpointError(f"{path} is not a lowbit packed checkpoint (unreadable header)") from None
+    if "lowbit_dynamic_format" in meta:
+        raise CheckpointError(f"{path} holds a dynamic model (per-sample bit widths), not a packed checkpoint; "
+                              "load it with lowbit.load_dynamic")
     if "lowbit_format" not in meta:
         raise CheckpointError(f"{path} is a safetensors file but not a lowbit packed checkpoint (no lowbit_format)")
     try:

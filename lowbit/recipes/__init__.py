@@ -19,12 +19,12 @@ _DIR = Path(__file__).parent
 
 
 def _config_classes() -> dict[str, type[Config]]:
-    """Every config class with a registered handler, by its ``kind``."""
+    """Every config class with a registered handler or verb, by its ``kind``."""
     import lowbit  # noqa: F401 - importing the package registers every algorithm
 
-    from ..api import _HANDLERS
+    from ..api import _HANDLERS, _OWN_VERBS
 
-    return {c.kind: c for c in _HANDLERS}
+    return {c.kind: c for c in (*_HANDLERS, *_OWN_VERBS)}
 
 
 def list_recipes() -> dict[str, str]:

@@ -566,3 +566,86 @@ def test_a_trained_model_can_be_copied_and_evaluated_without_gradients_kept():
     assert dyn.last_probs.grad_fn is None
     with torch.no_grad():
         torch.testing.assert_close(dup(x), dyn(x), rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- save / load, recipes, public API
+def test_save_load_round_trip_is_bit_identical(tmp_path):
+    from lowbit.algorithms.dynamic import load_dynamic, read_manifest, save_dynamic
+
+    dyn, x = toy_dyn(n=64)
+    train_dynamic(dyn, (x, torch.randint(0, 10, (64,))), epochs=1, lr=1e-3, batch_size=32, target_bitops=0.5, progress=False)
+    signed = {n: m.input_signed for n, m in dyn.model.named_modules() if hasattr(m, "input_signed")}
+    assert signed == {"stem.0": True, "body.0": False, "body.2": False, "head": False}  # both grid sides are exercised
+    path = tmp_path / "toy.safetensors"
+    info = save_dynamic(dyn, path, model_spec="toy")
+    assert info["layers"] == 4 and info["bytes"] == path.stat().st_size
+    m = read_manifest(path)
+    assert m["input_signed"] == signed and m["trunk"] == ["stem"] and m["config"]["kind"] == "dynamic" and m["model"] == "toy"
+    dyn2 = load_dynamic(path, model=toy(seed=5))  # another initialization: every value comes from the file
+    assert isinstance(dyn2, DynamicQuantModel) and not dyn2.training
+    assert {n: mm.input_signed for n, mm in dyn2.model.named_modules() if hasattr(mm, "input_signed")} == signed
+    xt = torch.randn(48, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(dyn2(xt), dyn(xt), rtol=0, atol=0)
+    assert torch.equal(dyn2.last_bits, dyn.last_bits) and torch.equal(dyn2.last_bitops, dyn.last_bitops)
+    assert dyn2.summary() == dyn.summary() and dyn2.lowbit_info["config"] == dyn.lowbit_info["config"]
+    assert len(set(dyn.last_bits.flatten().tolist())) > 1  # the batch really mixes widths (grouped inference is compared)
+
+
+def test_load_rejects_missing_foreign_corrupt_and_mismatched_files(tmp_path):
+    from safetensors.torch import save_file
+
+    import lowbit
+    from lowbit.algorithms.dynamic import load_dynamic, save_dynamic
+    from lowbit.export import CheckpointError
+
+    dyn, _ = toy_dyn(n=16)
+    good = tmp_path / "good.safetensors"
+    save_dynamic(dyn, good)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_dynamic(tmp_path / "none.safetensors", model=toy())
+    (tmp_path / "junk.bin").write_bytes(b"not a model at all")
+    with pytest.raises(CheckpointError, match="not a lowbit dynamic model"):
+        load_dynamic(tmp_path / "junk.bin", model=toy())
+    save_file({"w": torch.zeros(3)}, tmp_path / "foreign.safetensors")
+    with pytest.raises(CheckpointError, match="no lowbit_dynamic_format"):
+        load_dynamic(tmp_path / "foreign.safetensors", model=toy())
+    packed = tmp_path / "mlp.lowbit"
+    lowbit.save(lowbit.quantize_(FmnistMLP(), lowbit.load_recipe("w8a8"), data=[torch.randn(8, 1, 28, 28)]), packed)
+    with pytest.raises(CheckpointError, match="load it with lowbit.load$"):
+        load_dynamic(packed, model=toy())
+    with pytest.raises(CheckpointError, match="load it with lowbit.load_dynamic"):
+        lowbit.load(good, model=toy())
+    raw = bytearray(good.read_bytes())
+    raw[-3] ^= 0xFF  # a flipped bit in the last tensor's bytes
+    (tmp_path / "tampered.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        load_dynamic(tmp_path / "tampered.safetensors", model=toy())
+    (tmp_path / "cut.safetensors").write_bytes(good.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="truncated|not a lowbit dynamic model"):
+        load_dynamic(tmp_path / "cut.safetensors", model=toy())
+    with pytest.raises(CheckpointError, match="records no model spec"):
+        load_dynamic(good)
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        load_dynamic(good, model=FmnistMLP())
+
+
+@pytest.mark.parametrize("name,bits", [("dynamic-b23456", (2, 3, 4, 5, 6)), ("dynamic-b468", (4, 6, 8))])
+def test_recipes_load_as_dynamic_configs_reachable_on_the_resnet(fmnist_calib, name, bits):
+    import lowbit
+
+    cfg = lowbit.load_recipe(name)
+    assert isinstance(cfg, DynamicConfig) and cfg.bits == bits and cfg.target_bitops == 0.5 and cfg.description
+    assert name in lowbit.list_recipes()
+    dyn = prepare(load_model("fmnist-resnet"), cfg.replace(calib_size=16), fmnist_calib)  # prepare checks the target exactly
+    lo, hi = dyn.bitops_range()
+    assert lo < cfg.target_bitops < hi
+
+
+def test_public_api_and_quantize_points_to_the_dynamic_verb():
+    import lowbit
+
+    assert lowbit.prepare_dynamic is prepare and lowbit.train_dynamic is train_dynamic and lowbit.evaluate_dynamic is evaluate_dynamic
+    assert lowbit.DynamicConfig is DynamicConfig and lowbit.DynamicQuantModel is DynamicQuantModel
+    with pytest.raises(ConfigError, match="call lowbit.prepare_dynamic\\(model, config, data\\)"):
+        lowbit.quantize_(toy(), DynamicConfig(), data=[torch.randn(2, 1, 28, 28)])

@@ -350,3 +350,57 @@ def test_quantize_max_drop_tunes_and_reports_what_it_raised(tmp_path):
     r = json.loads(js.read_text())
     assert abs(r["accuracy_drop_pp"]) < 1.0  # the tuned config on all 10k images
     assert {layer["name"] for layer in r["layers"] if layer["weight_bits"] == 8} == set(t["raised"])
+
+
+def test_dynamic_train_then_eval_of_the_saved_model(tmp_path):
+    js, js2, model = tmp_path / "d.json", tmp_path / "e.json", tmp_path / "dyn.safetensors"
+    p = run("dynamic", "train", "fmnist-resnet", "--bits", "2,4,6", "--target-bitops", "0.6", "--train-size", "64", "--epochs", "1",
+            "--batch-size", "32", "--calib-size", "64", "--json", str(js), "--out", str(model), env_extra={"COLUMNS": "200"})
+    assert p.returncode == 0, p.stderr
+    assert "dynamic acc %" in p.stdout and "controller share" in p.stdout
+    r = json.loads(js.read_text())
+    assert r["train_images"] == 64 and len(r["history"]) == 1 and r["config"]["bits"] == [2, 4, 6]
+    assert r["fp32_accuracy"] > 85 and r["evaluation"]["n"] == 10000
+    assert r["accuracy_drop_pp"] == pytest.approx(r["fp32_accuracy"] - r["dynamic_accuracy"])
+    lo, hi = r["structure"]["bitops_range"]
+    assert lo <= r["mean_fraction"] <= hi and 0 < r["controller_share"] < 0.02
+    assert sum(r["evaluation"]["bits_share"].values()) == pytest.approx(1.0) and "bitops" not in r["evaluation"]  # summarized
+    p = run("dynamic", "eval", str(model), "--json", str(js2))
+    assert p.returncode == 0, p.stderr
+    e = json.loads(js2.read_text())
+    # the reloaded model gives the same choices, hence the same accuracy and measured BitOPs
+    assert e["dynamic_accuracy"] == r["dynamic_accuracy"] and e["mean_fraction"] == r["mean_fraction"]
+    assert e["evaluation"]["bits_share"] == r["evaluation"]["bits_share"] and e["fp32_accuracy"] == r["fp32_accuracy"]
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [(["--bits", "4,2"], "bits must be listed in increasing order, got [4, 2]"),
+     (["--bits", ""], "bits (the candidate widths) is empty"),
+     (["--bits", "2,four"], "--bits must be a comma list of integer widths"),
+     (["--bits", "2,4", "--target-bitops", "0.1"], "target_bitops=0.1 is outside what the candidates [2, 4] can reach"),
+     (["--target-bitops", "0.112", "--calib-size", "16"], "outside what the candidates [2, 3, 4, 5, 6] can reach on this model"),
+     (["--recipe", "w4a4"], "lowbit dynamic train needs a kind: dynamic recipe"),
+     (["--train-size", "0"], "--train-size must be >= 1"),
+     (["--data-dir", "/nonexistent/fmnist"], "dataset-fashion-mnist")],
+)
+def test_dynamic_train_errors(args, needle):
+    """Bad input is refused before the data is read (the unreachable-on-this-model target after a 16-image calibration)."""
+    p = run("dynamic", "train", "fmnist-resnet", *args)
+    assert p.returncode == 2 and needle in p.stderr
+    assert p.stderr.strip().count("\n") == 0 and "Traceback" not in p.stderr
+
+
+def test_dynamic_eval_of_a_file_that_is_not_a_dynamic_model(tmp_path):
+    bad = tmp_path / "x.safetensors"
+    bad.write_bytes(b"\x00" * 64)
+    for path, needle in ((bad, "is not a lowbit dynamic model"), (tmp_path / "none.safetensors", "does not exist")):
+        p = run("dynamic", "eval", str(path))
+        assert p.returncode == 2 and needle in p.stderr
+        assert p.stderr.strip().count("\n") == 0 and "Traceback" not in p.stderr
+
+
+def test_quantize_refuses_a_dynamic_recipe_with_the_command_to_use():
+    p = run("quantize", "fmnist-mlp", "--recipe", "dynamic-b468")
+    assert p.returncode == 2 and "run it with: lowbit dynamic train MODEL --recipe dynamic-b468" in p.stderr
+    assert p.stderr.strip().count("\n") == 0 and "Traceback" not in p.stderr

@@ -4,8 +4,9 @@ A bit controller (the network's own first layers + a two-layer MLP) picks, per i
 width of every later conv / linear layer's weights and activations from ``K`` candidates; network
 and controller are trained jointly through straight-through Gumbel-softmax choices with a
 BitOPs-budget regularizer. See :mod:`.layers` (dynamic layers), :mod:`.controller`,
-:mod:`.model` (the split, the cost accounting), :mod:`.train` (training, evaluation) and
-:mod:`.config`.
+:mod:`.model` (the split, the cost accounting), :mod:`.train` (training, evaluation),
+:mod:`.checkpoint` (save / load) and :mod:`.config`. Public names: ``lowbit.prepare_dynamic``,
+``lowbit.train_dynamic``, ``lowbit.evaluate_dynamic``, ``lowbit.save_dynamic``, ``lowbit.load_dynamic``.
 
 Example:
     >>> import torch
@@ -16,6 +17,10 @@ Example:
     (('stem',), 'fc', 21)
 """
 
+from ...api import register_verb
+from .checkpoint import load_dynamic as load_dynamic
+from .checkpoint import read_manifest as read_manifest
+from .checkpoint import save_dynamic as save_dynamic
 from .config import DynamicConfig as DynamicConfig
 from .controller import BitController as BitController
 from .layers import CANDIDATE_BITS as CANDIDATE_BITS
@@ -29,3 +34,9 @@ from .model import check_target as check_target
 from .model import prepare as prepare
 from .train import evaluate_dynamic as evaluate_dynamic
 from .train import train_dynamic as train_dynamic
+
+# prepare builds a new model around the float one (quantize_ works in place): recipes of kind
+# dynamic load as DynamicConfig, and quantize_ points to this verb
+register_verb(DynamicConfig, "lowbit.prepare_dynamic")
+
+prepare_dynamic = prepare  # the public name in lowbit/__init__

@@ -65,6 +65,7 @@ class DynamicConfig(Config):
         temperature, distill_weight: distillation ``T`` and ``a`` (as in :class:`~lowbit.QATConfig`).
         calib_size: calibration samples for the steps' initialization.
         seed: shuffling and Gumbel-noise seed.
+        description: one line shown by ``lowbit recipes``.
     """
 
     kind: ClassVar[str] = "dynamic"
@@ -85,6 +86,7 @@ class DynamicConfig(Config):
     distill_weight: float = 0.9
     calib_size: int = 512
     seed: int = 0
+    description: str = ""
 
     def __post_init__(self) -> None:
         bits = check_candidate_bits(self.bits, "bits")
@@ -126,6 +128,8 @@ class DynamicConfig(Config):
                 raise ConfigError(f"{name} must be a positive finite number, got {v!r}")
         if self.controller_lr is not None and (not _is_real(self.controller_lr) or self.controller_lr <= 0):
             raise ConfigError(f"controller_lr must be null or a positive finite number, got {self.controller_lr!r}")
+        if not isinstance(self.description, str):
+            raise ConfigError(f"description must be a string, got {self.description!r}")
         if not isinstance(self.distill, bool):
             raise ConfigError(f"distill must be true or false, got {self.distill!r}")
         if not _is_real(self.distill_weight) or not 0 <= self.distill_weight <= 1:

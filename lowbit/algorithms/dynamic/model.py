@@ -184,6 +184,7 @@ class DynamicQuantModel(nn.Module):
         model: the network with its conv / linear layers replaced by dynamic layers.
         controller: the :class:`BitController`.
         trunk, cut: the trunk's module names and the one whose output feeds the controller.
+        input_shape: the shape of one input sample (of ``example``).
         dynamic_layers, fixed_layers, classifier: layer names (dynamic ones in execution order).
         tau: Gumbel-softmax temperature used in training mode.
         detach_trunk: the controller's gradient stops at the trunk's output (default True: the
@@ -237,6 +238,7 @@ class DynamicQuantModel(nn.Module):
             shape = list(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__
             raise ConfigError(f"the trunk's last module {cut!r} outputs {shape}; the controller needs a [batch, channels, ...] "
                               f"tensor. {_trunk_help(model)}")
+        self.input_shape = tuple(int(d) for d in example.shape[1:])  # one sample's shape: what a saved model is rebuilt with
         self.trunk, self.cut = tuple(trunk), cut
         self.classifier = rest[-1]
         self.dynamic_layers = tuple(rest[:-1])
