@@ -11,6 +11,7 @@ architecture logits against the float model's outputs (KL) on 2048 training imag
 
     python bench/dnas_vs_milp.py                       # fmnist-resnet
     python bench/dnas_vs_milp.py --models fmnist-resnet,fmnist-mobilenet --steps 300
+    python bench/dnas_vs_milp.py --models fmnist-mobilenet --budgets W4A4
 
 Writes bench/results/dnas_vs_milp.json, prints a Markdown table.
 """
@@ -42,7 +43,9 @@ def main() -> None:
     ap.add_argument("--models", default="fmnist-resnet")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--samples", type=int, default=2048, help="training images the DNAS draws its batches from")
+    ap.add_argument("--budgets", default=",".join(b[0] for b in BUDGETS), help=f"subset of {[b[0] for b in BUDGETS]}")
     args = ap.parse_args()
+    budgets = [b for b in BUDGETS if b[0] in args.budgets.split(",")]
     torch.manual_seed(0)
     train = load_fashion_mnist("train")
     calib = train.subset(512, seed=0)
@@ -61,7 +64,7 @@ def main() -> None:
         ends = {rep.layers[0]: (8, 8), rep.layers[-1]: (8, 8)}
         searched = sum(rep.params[n] for n in rep.layers if n not in ends)
         row: dict = {"fp32": fp, "sensitivity_seconds": sens_s, "steps": args.steps, "budgets": {}}
-        for label, wb, ab in BUDGETS:
+        for label, wb, ab in budgets:
             if isinstance(wb, int):  # a uniform configuration's size
                 size = model_cost(rep, {n: ends.get(n, (wb, ab)) for n in rep.layers}, "size")
             else:  # the ends at 8 bits plus wb bits per searched weight
@@ -83,7 +86,7 @@ def main() -> None:
             cell["dnas"]["repaired"] = res.repaired
             row["budgets"][label] = cell
             print(f"{name} {label}: " + "  ".join(f"{k} {cell[k]['accuracy']:.2f}" for k in ("uniform", "milp", "dnas") if k in cell), flush=True)
-        results[name] = row
+        results[name] = {**results.get(name, {}), **row, "budgets": {**results.get(name, {}).get("budgets", {}), **row["budgets"]}}
         atomic_write_text(OUT, json.dumps(results, indent=1))
     _print(results)
 
