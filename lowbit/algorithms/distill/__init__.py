@@ -45,3 +45,28 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torc
                               "or set distill_weight: 1.0 to learn from the teacher alone")
         loss = loss + (1 - weight) * F.cross_entropy(student, labels)
     return loss
+
+
+def task_loss(out: torch.Tensor, x: torch.Tensor, labels: torch.Tensor | None, teacher: torch.nn.Module | None = None, *,
+              temperature: float = 4.0, weight: float = 0.9) -> torch.Tensor:
+    """The training loss of one minibatch: cross-entropy on the labels, or, with a ``teacher``,
+    :func:`distillation_loss` against ``teacher(x)`` (evaluated without gradient).
+
+    Example:
+        >>> import torch
+        >>> out, y = torch.zeros(2, 4), torch.tensor([0, 1])
+        >>> round(float(task_loss(out, torch.zeros(2, 3), y)), 4)            # log 4
+        1.3863
+
+    Raises:
+        ConfigError: no labels and no teacher (nothing to learn from), or labels missing where the
+            distillation mixes them in (``weight < 1``).
+    """
+    if teacher is not None:
+        with torch.no_grad():
+            t_out = teacher(x)
+        return distillation_loss(out, t_out, labels, temperature=temperature, weight=weight)
+    if labels is None:
+        raise ConfigError("training without a teacher needs labels: give (inputs, labels) batches, "
+                          "or a teacher (distillation) with distill_weight 1.0")
+    return F.cross_entropy(out, labels)

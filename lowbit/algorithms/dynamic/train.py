@@ -37,12 +37,11 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..._progress import track
 from ...errors import CalibrationError, ConfigError
-from ..distill import distillation_loss
+from ..distill import task_loss
 from ..qat.trainer import _batches, _split, resolve_device
 from .model import DynamicQuantModel, check_target
 
@@ -162,15 +161,7 @@ def _train(dyn: DynamicQuantModel, data: Any, dev: torch.device, *, epochs: int,
                 raise CalibrationError("a training batch holds NaN/Inf values; clean the data first")
             dyn.tau = tau[0] * (tau[1] / tau[0]) ** (step / max(1, total - 1))
             out = dyn(x)
-            if teacher is not None:
-                with torch.no_grad():
-                    t_out = teacher(x)
-                task = distillation_loss(out, t_out, y, temperature=temperature, weight=distill_weight)
-            else:
-                if y is None:
-                    raise ConfigError("training without a teacher needs labels: give (inputs, labels) batches, or a teacher "
-                                      "(distillation) with distill_weight 1.0")
-                task = F.cross_entropy(out, y)
+            task = task_loss(out, x, y, teacher, temperature=temperature, weight=distill_weight)
             expected = dyn.expected_bitops(normalized=True).mean()
             reg = reg_weight * (expected / target - 1) ** 2
             loss = task + reg

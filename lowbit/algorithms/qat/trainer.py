@@ -46,14 +46,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..._progress import track
 from ...errors import CalibrationError, ConfigError
 from ...export.checkpoint import CheckpointError
 from ...nn.learned import LearnedQuant
-from ..distill import distillation_loss
+from ..distill import task_loss
 
 FORMAT = "lowbit-train-checkpoint"
 VERSION = 1
@@ -281,15 +280,7 @@ def _train(model: nn.Module, data: Any, dev: torch.device, *, epochs: int, lr: f
             for m in learned:
                 m.set_progress(sched.last_epoch / total)
             out = model(x)
-            if teacher is not None:
-                with torch.no_grad():
-                    t_out = teacher(x)
-                loss = distillation_loss(out, t_out, y, temperature=temperature, weight=distill_weight)
-            else:
-                if y is None:
-                    raise ConfigError("training without a teacher needs labels: give (inputs, labels) batches, "
-                                      "or a teacher (distillation) with distill_weight 1.0")
-                loss = F.cross_entropy(out, y)
+            loss = task_loss(out, x, y, teacher, temperature=temperature, weight=distill_weight)
             regs = [r for m in learned if (r := m.regularization()) is not None]
             if regs:
                 loss = loss + torch.stack(regs).sum()
