@@ -275,10 +275,21 @@ class DynamicQuantLayer(nn.Module):
         return [{"bits": b, "weight_bits": bw, "act_bits": ba, "macs": self.macs, "bitops": self.macs * bw * ba}
                 for b, bw, ba in zip(self.bits, self.weight_bits, self.act_bits, strict=True)]
 
-    def _static_grids(self, k: int) -> tuple[QuantSpec, QuantSpec, tuple, tuple]:
+    def _static(self, k: int, quant_cls: type) -> nn.Module:
+        """Candidate ``k`` as ``quant_cls`` (QuantConv2d / QuantLinear) around a float copy of this layer
+        (``self._float_layer()``, defined by each subclass), its grids pinned to the learned ones."""
         self._check_calibrated()
         wq, aq = self.weight_quants[k], self.input_quants[k]
-        return wq.spec, aq.spec, wq.qparams(), aq.qparams()
+        (sw, zw), (sa, za) = wq.qparams(), aq.qparams()
+        layer = self._float_layer()
+        with torch.no_grad():
+            layer.weight.copy_(self.weight)
+            if self.bias is not None:
+                layer.bias.copy_(self.bias)
+        q = quant_cls.from_float(layer, wq.spec, aq.spec)
+        q.weight_quant.set_qparams(q.weight, sw, zw)
+        q.input_quant.set_qparams(sa, za)
+        return q.eval()
 
     def extra_repr(self) -> str:
         side = "signed" if self.input_signed else "unsigned"
@@ -313,20 +324,14 @@ class DynamicQuantConv2d(DynamicQuantLayer):
     def _op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
+    def _float_layer(self) -> nn.Conv2d:
+        return nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
+                         self.groups, bias=self.bias is not None, device=self.weight.device)
+
     def to_static(self, k: int) -> QuantConv2d:
         """Candidate ``k`` as a plain :class:`lowbit.nn.QuantConv2d` pinned to its learned grids
         (computes exactly :meth:`candidate_forward` ``(x, k)``)."""
-        ws, as_, (sw, zw), (sa, za) = self._static_grids(k)
-        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
-                         self.groups, bias=self.bias is not None, device=self.weight.device)
-        with torch.no_grad():
-            conv.weight.copy_(self.weight)
-            if self.bias is not None:
-                conv.bias.copy_(self.bias)
-        q = QuantConv2d.from_float(conv, ws, as_)
-        q.weight_quant.set_qparams(q.weight, sw, zw)
-        q.input_quant.set_qparams(sa, za)
-        return q.eval()
+        return self._static(k, QuantConv2d)
 
 
 class DynamicQuantLinear(DynamicQuantLayer):
@@ -350,18 +355,12 @@ class DynamicQuantLinear(DynamicQuantLayer):
     def _op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.linear(x, w, self.bias)
 
+    def _float_layer(self) -> nn.Linear:
+        return nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=self.weight.device)
+
     def to_static(self, k: int) -> QuantLinear:
         """Candidate ``k`` as a plain :class:`lowbit.nn.QuantLinear` pinned to its learned grids."""
-        ws, as_, (sw, zw), (sa, za) = self._static_grids(k)
-        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=self.weight.device)
-        with torch.no_grad():
-            lin.weight.copy_(self.weight)
-            if self.bias is not None:
-                lin.bias.copy_(self.bias)
-        q = QuantLinear.from_float(lin, ws, as_)
-        q.weight_quant.set_qparams(q.weight, sw, zw)
-        q.input_quant.set_qparams(sa, za)
-        return q.eval()
+        return self._static(k, QuantLinear)
 
 
 def dynamic_layer(mod: nn.Module, bits: Iterable[int], *, observer: str = "mse") -> DynamicQuantLayer:
