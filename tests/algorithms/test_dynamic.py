@@ -133,22 +133,45 @@ def test_grouped_inference_on_a_mixed_batch_equals_per_sample_evaluation():
     torch.testing.assert_close(y_mixed, y, rtol=0, atol=1e-6)
 
 
-def test_training_path_runs_only_selected_candidates_and_passes_the_straight_through_gradient():
+def test_training_path_runs_each_sample_once_with_autograd_and_passes_the_straight_through_gradient():
     torch.manual_seed(0)
     x = torch.rand(5, 12)
     layer = calibrated(DynamicQuantLinear(nn.Linear(12, 4), bits=(2, 3, 4, 6)), x)
     calls = []
     orig = layer.candidate_forward
-    layer.candidate_forward = lambda xx, k: calls.append((k, xx.shape[0])) or orig(xx, k)
+    layer.candidate_forward = lambda xx, k: calls.append((k, xx.shape[0], torch.is_grad_enabled())) or orig(xx, k)
     sel = F.one_hot(torch.tensor([0, 2, 2, 0, 0]), 4).float().requires_grad_()
     y = layer(x, sel)
-    assert sorted(calls) == [(0, 5), (2, 5)]  # candidates 1 and 3 are selected by nobody: skipped
+    # with autograd: each sample at its own candidate; without: every other candidate on the samples that did not pick it
+    assert sorted(c for c in calls if c[2]) == [(0, 3, True), (2, 2, True)]
+    assert sorted(c for c in calls if not c[2]) == [(0, 2, False), (1, 5, False), (2, 3, False), (3, 5, False)]
     g = torch.randn_like(y)
     (y * g).sum().backward()
-    expect = torch.stack([(g * orig(x, k)).sum(1) for k in (0, 2)], 1)  # dL/dsel_jk = <dL/dy_j, y_j^(k)>
-    torch.testing.assert_close(sel.grad[:, [0, 2]], expect, rtol=1e-5, atol=1e-5)
-    assert torch.equal(sel.grad[:, [1, 3]], torch.zeros(5, 2))
+    expect = torch.stack([(g * orig(x, k)).sum(1) for k in range(4)], 1)  # dL/dsel_jk = <dL/dy_j, y_j^(k)>, every k
+    torch.testing.assert_close(sel.grad, expect, rtol=1e-5, atol=1e-5)
     assert layer.weight.grad is not None and all(q.scale.grad is not None for q in layer.weight_quants[::2])
+    assert all(q.scale.grad is None for q in layer.weight_quants[1::2])  # nobody chose 3 or 6 bits
+
+
+def test_straight_through_path_has_the_values_and_gradients_of_the_plain_sum():
+    torch.manual_seed(0)
+    x = torch.randn(10, 4, 8, 8)
+    layer = calibrated(DynamicQuantConv2d(nn.Conv2d(4, 6, 3, padding=1), bits=(2, 3, 4)), x)
+    logits = torch.randn(10, 3)
+
+    def run(fn):
+        layer.zero_grad()
+        xx, lg = x.clone().requires_grad_(), logits.clone().requires_grad_()
+        soft = lg.softmax(1)
+        sel = F.one_hot(lg.argmax(1), 3).float() - soft.detach() + soft  # a straight-through sample
+        y = fn(xx, sel)
+        y.sin().sum().backward()
+        return [y.detach(), xx.grad, lg.grad] + [p.grad.clone() for p in layer.parameters() if p.grad is not None]
+
+    fast, plain = run(layer._mixed), run(layer._soft)
+    assert len(fast) == len(plain) == 3 + 8  # weight, bias, 3 + 3 steps
+    for a, b in zip(fast, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_candidate_costs_are_macs_times_both_widths():

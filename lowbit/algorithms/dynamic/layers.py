@@ -9,10 +9,12 @@ non-negative, e.g. after a ReLU, signed symmetric otherwise). With a per-sample 
 
     y_j = sum_k sel_jk * op(Q^a_k(x_j), Q^w_k(W)) + b
 
-* **Training** (``sel`` carries a gradient, e.g. a straight-through Gumbel sample): the sum runs over
-  the candidates that at least one sample of the batch selects, each over the whole batch, so the
-  controller gets the straight-through gradient ``dL/dsel_jk = <dL/dy_j, y_j^(k)>`` for every
-  candidate in use; candidates nobody selects are skipped (their gradient is taken as 0).
+* **Training** (``sel`` carries a gradient): a straight-through sample (one-hot in value, e.g. a hard
+  Gumbel sample) runs each sample through its chosen candidate with autograd (grouped, one op per
+  candidate used) and every other candidate without autograd (:meth:`DynamicQuantLayer._straight_through`),
+  so the controller gets the straight-through gradient ``dL/dsel_jk = <dL/dy_j, y_j^(k)>`` for every
+  candidate at about ``K`` forward ops and one backward (summing the candidates with autograd costs
+  ``K`` forwards and ``K`` backwards); a soft ``sel`` sums every candidate that some sample uses.
 * **Inference** (a hard one-hot ``sel`` without gradient): the batch is split by candidate and each
   group runs once with its candidate's quantized weight: ``K_used`` small ops instead of ``K`` full
   ones, and the value equals the sum above exactly (``1 * y + 0 * y' = y``).
@@ -239,7 +241,39 @@ class DynamicQuantLayer(nn.Module):
         return self._record(self._mixed(x, sel))
 
     def _mixed(self, x: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
-        """``sum_k sel[:, k] * y^(k)`` over the candidates some sample selects (training)."""
+        """``sum_k sel[:, k] * y^(k)`` with its gradient (training).
+
+        A straight-through sample (``sel`` one-hot in value, e.g. ``gumbel_softmax(hard=True)``) takes
+        the cheap exact path :meth:`_straight_through`; a soft selection sums every candidate in use.
+        """
+        hard = sel.detach()
+        if hard.shape[1] > 1 and bool(((hard - F.one_hot(hard.argmax(1), hard.shape[1])).abs() <= ONE_HOT_TOL).all()):
+            return self._straight_through(x, sel, hard.argmax(1))
+        return self._soft(x, sel)
+
+    def _straight_through(self, x: torch.Tensor, sel: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
+        """The value and every gradient of ``sum_k sel_jk y_j^(k)`` for a one-hot-valued ``sel``, at about
+        half the cost of summing the candidates with autograd::
+
+            y_j = y_j^(c_j)                      c_j = argmax_k sel_jk; grouped, with autograd (1 forward + backward)
+            dL/dsel_jk = <dL/dy_j, y_j^(k)>      y^(k) for the samples with c_j != k computed without autograd
+
+        (:class:`_CarrySelectionGrad` attaches the second line.) The weight, its quantizers' steps and ``x``
+        get their gradients through each sample's chosen candidate only, which is what the plain sum gives
+        them too: its other terms are multiplied by ``sel_jk = 0``. Same value and gradients as
+        :meth:`_soft` up to float rounding.
+        """
+        y = self._grouped(x, choice)
+        xd = x.detach()
+        alts = []
+        with torch.no_grad():
+            for k in range(len(self.bits)):
+                other = torch.nonzero(choice != k).flatten()
+                alts.append((other, self.candidate_forward(xd.index_select(0, other), k) if other.numel() else None))
+        return _CarrySelectionGrad.apply(y, sel, alts)
+
+    def _soft(self, x: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+        """``sum_k sel[:, k] * y^(k)`` over the candidates some sample selects (autograd through each)."""
         active = torch.nonzero((sel.detach() != 0).any(0)).flatten().tolist()
         y = None
         for k in active:
@@ -294,6 +328,38 @@ class DynamicQuantLayer(nn.Module):
     def extra_repr(self) -> str:
         side = "signed" if self.input_signed else "unsigned"
         return f"bits={list(self.bits)}, input={side}{'' if self.calibrated else ' (uncalibrated)'}"
+
+
+class _CarrySelectionGrad(torch.autograd.Function):
+    """``y`` unchanged in value; backward adds ``dL/dsel_jk = <dL/dy_j, y_j^(k)>``.
+
+    ``alts[k] = (idx, y^(k)[idx])``: candidate ``k``'s output for the samples ``idx`` that did not choose it;
+    for the others ``y^(k)_j = y_j``.
+    """
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, sel: torch.Tensor, alts: list) -> torch.Tensor:
+        ctx.save_for_backward(y)
+        ctx.alts = alts
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        gsel = None
+        if ctx.needs_input_grad[1]:
+            (y,) = ctx.saved_tensors
+            g2 = g.reshape(g.shape[0], -1)
+            own = (g2 * y.reshape(y.shape[0], -1)).sum(1)
+            gsel = own.unsqueeze(1).repeat(1, len(ctx.alts))
+            for k, (idx, yk) in enumerate(ctx.alts):
+                if yk is not None:
+                    gsel[idx, k] = (g2.index_select(0, idx) * yk.reshape(yk.shape[0], -1)).sum(1)
+        ctx.alts = None
+        return g, gsel, None
+
+
+#: how far from 0 / 1 a straight-through selection's entries may be (``1 - p + p`` is not always 1 in float)
+ONE_HOT_TOL = 1e-5
 
 
 def _is_one_hot(sel: torch.Tensor) -> bool:

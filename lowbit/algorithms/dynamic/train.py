@@ -13,8 +13,10 @@ half cosine per step, ``lr_t = lr (1 + cos(pi t / T)) / 2``; the temperature ann
 ``tau_t = tau_0 (tau_1 / tau_0)^(t / (T - 1))``. The regularizer is two-sided: it also raises the
 cost of a model that spends less than the budget (the accuracy would be left on the table).
 
-Cost: a dynamic layer computes, in training, every candidate some sample of the batch selects over
-the whole batch (the straight-through gradient needs them): up to ``K`` times a static layer's work.
+Cost: a dynamic layer computes, in training, each sample at its chosen candidate with autograd and at
+every other candidate without (the straight-through gradient needs all ``K`` outputs): ``K`` forward ops
+and one backward, about ``(K + 2) / 3`` times a static layer's work (measured on fmnist-resnet,
+``K = 5``, batch 64, 2 threads: 0.51 s per step, 2.2x less than summing the candidates with autograd).
 
 Example:
     >>> import torch
