@@ -115,6 +115,29 @@ def test_hard_selection_equals_the_static_layer_at_that_width(kind, signed, k):
     assert int(aq.zero_point) == 0
 
 
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+@pytest.mark.parametrize("signed", [False, True])
+def test_one_bit_candidate_is_binary_weights_and_a_two_level_input_grid(kind, signed):
+    torch.manual_seed(0)
+    mod = LAYERS[kind]()
+    cls = DynamicQuantLinear if kind == "linear" else DynamicQuantConv2d
+    x = _input(kind, signed)
+    layer = calibrated(cls(mod, bits=(1, 2, 16)), x)
+    w1 = layer.quantized_weight(0)
+    alpha = mod.weight.detach().abs().flatten(1).mean(1)
+    torch.testing.assert_close(w1.abs().flatten(1), alpha[:, None].expand_as(w1.flatten(1)))  # a sign(W), a = mean|W| per row
+    xq = layer.input_quants[0](x)
+    assert torch.unique(xq).numel() <= 2  # two levels
+    if not signed:
+        assert float(xq.detach().min()) == 0.0
+    sel = F.one_hot(torch.zeros(x.shape[0], dtype=torch.long), 3).float()
+    static = layer.to_static(0)
+    torch.testing.assert_close(layer(x, sel), static(x), rtol=0, atol=0)
+    assert [c["bitops"] for c in layer.candidate_costs()] == [layer.macs, 4 * layer.macs, 256 * layer.macs]
+    # the 16-bit candidate is within float rounding of the float layer
+    torch.testing.assert_close(layer(x, F.one_hot(torch.full((x.shape[0],), 2), 3).float()), mod(x), rtol=1e-3, atol=2e-3)
+
+
 def test_grouped_inference_on_a_mixed_batch_equals_per_sample_evaluation():
     torch.manual_seed(0)
     x = torch.rand(9, 3, 9, 9)
@@ -390,9 +413,9 @@ def test_config_round_trips_and_normalizes():
     ({"bits": []}, "empty"),
     ({"bits": [4, 2, 6]}, "increasing order.*did you mean \\[2, 4, 6\\]"),
     ({"bits": [2, 4, 4]}, "more than once"),
-    ({"bits": [1, 2, 4]}, "2..8.*got 1"),
-    ({"bits": [2, 4, 9]}, "2..8.*got 9"),
-    ({"bits": [2, 4.0]}, "2..8"),
+    ({"bits": [0, 2, 4]}, "1..16.*got 0"),
+    ({"bits": [2, 4, 17]}, "1..16.*got 17"),
+    ({"bits": [2, 4.0]}, "1..16"),
     ({"bits": "2,4"}, "list of candidate"),
     ({"bits": [4]}, "at least two"),
     ({"bits": [2, 8], "target_bitops": 0.05}, "reach: \\[0.0625, 1\\]"),
@@ -407,9 +430,10 @@ def test_config_round_trips_and_normalizes():
     ({"trunk": "stem"}, "trunk"),
     ({"trunk": ["stem", "stem"]}, "more than once"),
     ({"trunk": ["stem", ""]}, "trunk"),
-    ({"fixed_bits": 16}, "fixed_bits"),
+    ({"fixed_bits": 17}, "fixed_bits"),
+    ({"fixed_bits": 1}, "fixed_bits must be integer widths in 2..16"),
     ({"observer": "magic"}, "unknown observer"),
-    ({"hidden": 0}, "hidden"),
+    ({"hidden": -1}, "hidden"),
     ({"epochs": 0}, "epochs"),
     ({"batch_size": 1.5}, "batch_size"),
     ({"calib_size": 0}, "calib_size"),
@@ -672,3 +696,15 @@ def test_public_api_and_quantize_points_to_the_dynamic_verb():
     assert lowbit.DynamicConfig is DynamicConfig and lowbit.DynamicQuantModel is DynamicQuantModel
     with pytest.raises(ConfigError, match="call lowbit.prepare_dynamic\\(model, config, data\\)"):
         lowbit.quantize_(toy(), DynamicConfig(), data=[torch.randn(2, 1, 28, 28)])
+
+
+def test_hidden_zero_is_a_static_choice_shared_by_every_sample(fmnist_calib):
+    torch.manual_seed(0)
+    model = load_model("fmnist-resnet")
+    dyn = prepare(model, DynamicConfig(bits=(1, 2, 4), hidden=0, target_bitops=0.3), fmnist_calib)
+    assert dyn.controller.macs() == 0 and dyn.controller_bitops() == 0
+    with torch.no_grad():
+        dyn.controller.static_logits.copy_(torch.randn_like(dyn.controller.static_logits))
+    dyn.eval()(fmnist_calib.images[:32])
+    assert (dyn.last_bits == dyn.last_bits[0]).all()  # the same widths for every input
+    assert (dyn.last_bitops == dyn.last_bitops[0]).all()

@@ -53,7 +53,8 @@ class DynamicConfig(Config):
             what the fixed layers and the controller cost (:func:`prepare` checks the exact range).
         reg_weight: ``lambda`` in ``loss = task + lambda (E[BitOPs] / target - 1)^2``.
         tau: Gumbel-softmax temperature ``(start, end)``, annealed geometrically per step.
-        hidden: hidden width of the controller's two-layer MLP.
+        hidden: hidden width of the controller's two-layer MLP; ``0``: no controller input, one learned
+            choice per layer for every sample (static mixed precision from the same search, the baseline).
         trunk: module names of the trunk (the controller's input; run at ``fixed_bits``); ``None``:
             the first conv block.
         fixed_bits: width of the trunk's layers and of the classifier (2..8).
@@ -113,10 +114,12 @@ class DynamicConfig(Config):
             if len(set(tr)) != len(tr):
                 raise ConfigError(f"trunk lists a module more than once: {list(tr)}")
             object.__setattr__(self, "trunk", tuple(tr))
-        object.__setattr__(self, "fixed_bits", check_candidate_bits([self.fixed_bits], "fixed_bits")[0])
+        object.__setattr__(self, "fixed_bits", check_candidate_bits([self.fixed_bits], "fixed_bits", lowest=2)[0])
         if self.observer not in OBSERVERS:
             raise ConfigError(f"unknown observer {self.observer!r}; known: {sorted(OBSERVERS)}")
-        for name in ("hidden", "epochs", "batch_size", "calib_size"):
+        if not _is_int(self.hidden) or self.hidden < 0:
+            raise ConfigError(f"hidden must be a positive integer (or 0: one static choice for every input), got {self.hidden!r}")
+        for name in ("epochs", "batch_size", "calib_size"):
             v = getattr(self, name)
             if not _is_int(v) or v < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")

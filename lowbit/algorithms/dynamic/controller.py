@@ -34,17 +34,22 @@ class BitController(nn.Module):
         trunk_channels: ``C``, channels of the trunk's output.
         n_layers: dynamic layers ``L`` the controller decides for.
         K: candidate widths per layer.
-        hidden: width of the MLP's hidden layer.
+        hidden: width of the MLP's hidden layer; ``0``: no MLP and no input, one learned logit vector per
+            layer shared by every sample (``logits[j] = c``): a *static* mixed-precision choice found by the
+            same Gumbel-softmax search and budget, the baseline that isolates what instance awareness adds.
     """
 
     def __init__(self, trunk_channels: int, n_layers: int, K: int, hidden: int = 64) -> None:
         super().__init__()
         for name, v in (("trunk_channels", trunk_channels), ("n_layers", n_layers), ("K", K), ("hidden", hidden)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "hidden" else 1):
+                raise ConfigError(f"{name} must be a positive integer{' (or 0: a static choice)' if name == 'hidden' else ''}, got {v!r}")
         self.trunk_channels, self.n_layers, self.K, self.hidden = trunk_channels, n_layers, K, hidden
-        self.fc1 = nn.Linear(trunk_channels, hidden)
-        self.fc2 = nn.Linear(hidden, n_layers * K)
+        if hidden:
+            self.fc1 = nn.Linear(trunk_channels, hidden)
+            self.fc2 = nn.Linear(hidden, n_layers * K)
+        else:
+            self.static_logits = nn.Parameter(torch.zeros(n_layers * K))
         self.register_buffer("feature_mean", torch.zeros(trunk_channels))
         self.register_buffer("feature_std", torch.ones(trunk_channels))
 
@@ -67,11 +72,13 @@ class BitController(nn.Module):
         v = self.pool(h)
         if v.shape[1] != self.trunk_channels:
             raise ConfigError(f"the controller was built for {self.trunk_channels} trunk channels, got {v.shape[1]}")
+        if not self.hidden:
+            return self.static_logits.reshape(1, self.n_layers, self.K).expand(v.shape[0], -1, -1)
         v = (v - self.feature_mean) / self.feature_std
         return self.fc2(torch.relu(self.fc1(v))).reshape(v.shape[0], self.n_layers, self.K)
 
     def macs(self) -> int:
-        """MLP multiply-accumulates per sample: ``C * hidden + hidden * L * K``."""
+        """MLP multiply-accumulates per sample: ``C * hidden + hidden * L * K`` (0 for a static choice)."""
         return self.trunk_channels * self.hidden + self.hidden * self.n_layers * self.K
 
     def bitops(self) -> int:

@@ -52,18 +52,19 @@ from torch import nn
 from ...config import QuantSpec
 from ...errors import CalibrationError, ConfigError, UnsupportedError
 from ...nn.layers import QuantConv2d, QuantLinear
-from ...nn.learned import LSQQuant
+from ...nn.learned import BinaryWeightQuant, LSQQuant
 from ...observe import OBSERVERS, HistogramObserver, Observer, make_observer
 from ...quant import Affine, IntFormat, PerChannel, PerTensor, Symmetric
 
-#: candidate widths a dynamic layer accepts. 1 bit is left out on purpose: the signed 1-bit integer
-#: grid is ``{-1, 0}`` (one-sided, mostly zeros); binary weights need a sign quantizer instead.
-CANDIDATE_BITS = tuple(range(2, 9))
+#: candidate widths a dynamic layer accepts. At 1 bit the weights are binary, ``a sign(W)`` (BWN,
+#: ``a = mean|W|`` per output channel; the signed 1-bit integer grid ``{-1, 0}`` would be one-sided)
+#: and the inputs take a two-level affine grid ``{(0 - Z) S, (1 - Z) S}`` (``{0, S}`` after a ReLU).
+CANDIDATE_BITS = tuple(range(1, 17))
 WEIGHT_BINS = 256
 
 
-def check_candidate_bits(bits: Iterable[int], where: str = "bits") -> tuple[int, ...]:
-    """Validate a candidate set: a non-empty, strictly increasing list of integer widths in 2..8.
+def check_candidate_bits(bits: Iterable[int], where: str = "bits", lowest: int = CANDIDATE_BITS[0]) -> tuple[int, ...]:
+    """Validate a candidate set: a non-empty, strictly increasing list of integer widths in ``lowest``..16.
 
     Example:
         >>> check_candidate_bits([2, 4, 8])
@@ -78,11 +79,10 @@ def check_candidate_bits(bits: Iterable[int], where: str = "bits") -> tuple[int,
     out = list(bits)
     if not out:
         raise ConfigError(f"{where} (the candidate widths) is empty; give at least one width in "
-                          f"{CANDIDATE_BITS[0]}..{CANDIDATE_BITS[-1]}, e.g. [2, 3, 4, 5, 6]")
-    bad = [b for b in out if not isinstance(b, int) or isinstance(b, bool) or b not in CANDIDATE_BITS]
+                          f"{lowest}..{CANDIDATE_BITS[-1]}, e.g. [2, 3, 4, 5, 6]")
+    bad = [b for b in out if not isinstance(b, int) or isinstance(b, bool) or not lowest <= b <= CANDIDATE_BITS[-1]]
     if bad:
-        raise ConfigError(f"{where} must be integer widths in {CANDIDATE_BITS[0]}..{CANDIDATE_BITS[-1]}, got {bad[0]!r} in {out} "
-                          "(1 bit is not offered: the signed 1-bit integer grid {-1, 0} cannot hold binary weights)")
+        raise ConfigError(f"{where} must be integer widths in {lowest}..{CANDIDATE_BITS[-1]}, got {bad[0]!r} in {out}")
     dup = sorted({b for b in out if out.count(b) > 1})
     if dup:
         raise ConfigError(f"{where} lists width {dup[0]} more than once ({out}); each candidate must be distinct")
@@ -92,17 +92,20 @@ def check_candidate_bits(bits: Iterable[int], where: str = "bits") -> tuple[int,
 
 
 def weight_spec(bits: int, observer: str = "mse") -> QuantSpec:
-    """Candidate weight grid: signed symmetric ``bits``-bit integers, one step per output channel.
+    """Candidate weight grid: signed symmetric ``bits``-bit integers, one step per output channel
+    (at 1 bit: the binary weights ``a sign(W)`` are stored on the signed 2-bit grid, codes ``+-1``).
 
-    >>> weight_spec(4).describe(), input_spec(4, signed=False).describe()
-    ('int4 symmetric per_channel(0) mse', 'uint4 affine per_tensor mse')
+    >>> weight_spec(4).describe(), input_spec(4, signed=False).describe(), input_spec(1, signed=True).describe()
+    ('int4 symmetric per_channel(0) mse', 'uint4 affine per_tensor mse', 'uint1 affine per_tensor mse')
     """
+    bits = max(bits, 2)
     return QuantSpec(format=IntFormat(bits=bits, signed=True), mapping=Symmetric(), granularity=PerChannel(axis=0), observer=observer)
 
 
 def input_spec(bits: int, signed: bool, observer: str = "mse") -> QuantSpec:
-    """Candidate input grid, per tensor: unsigned with ``Z = 0`` (non-negative inputs) or signed symmetric."""
-    if signed:
+    """Candidate input grid, per tensor: unsigned with ``Z = 0`` (non-negative inputs) or signed symmetric;
+    at 1 bit always a two-level affine grid (its ``Z`` in {0, 1} from the range: ``{0, S}`` or ``{-S, 0}``)."""
+    if signed and bits > 1:
         return QuantSpec(format=IntFormat(bits=bits, signed=True), mapping=Symmetric(), granularity=PerTensor(), observer=observer)
     return QuantSpec(format=IntFormat(bits=bits, signed=False), mapping=Affine(), granularity=PerTensor(), observer=observer)
 
@@ -131,9 +134,12 @@ class DynamicQuantLayer(nn.Module):
         kw = {"bins": WEIGHT_BINS} if issubclass(OBSERVERS[observer], HistogramObserver) else {}
         ob = make_observer(observer, PerChannel(axis=0), **kw)
         ob.update(self.weight.detach())
-        quants = []
+        quants: list[nn.Module] = []
         for b in self.bits:
             spec = weight_spec(b, observer)
+            if b == 1:
+                quants.append(BinaryWeightQuant(spec))
+                continue
             s, z = ob.qparams(spec.format, spec.mapping)
             quants.append(LSQQuant(spec, s, z, is_weight=True))
         self.weight_quants = nn.ModuleList(quants)
@@ -314,13 +320,15 @@ class DynamicQuantLayer(nn.Module):
         (``self._float_layer()``, defined by each subclass), its grids pinned to the learned ones."""
         self._check_calibrated()
         wq, aq = self.weight_quants[k], self.input_quants[k]
-        (sw, zw), (sa, za) = wq.qparams(), aq.qparams()
         layer = self._float_layer()
         with torch.no_grad():
-            layer.weight.copy_(self.weight)
+            # binary weights: the static layer holds a sign(W) itself (its grid a, Z = 0 gives codes +-1)
+            layer.weight.copy_(self.quantized_weight(k) if isinstance(wq, BinaryWeightQuant) else self.weight)
             if self.bias is not None:
                 layer.bias.copy_(self.bias)
-        q = quant_cls.from_float(layer, wq.spec, aq.spec)
+        wspec, sw, zw = wq.frozen_grid(layer.weight)
+        _, sa, za = aq.frozen_grid()
+        q = quant_cls.from_float(layer, wspec, aq.spec)
         q.weight_quant.set_qparams(q.weight, sw, zw)
         q.input_quant.set_qparams(sa, za)
         return q.eval()

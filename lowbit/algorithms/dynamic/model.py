@@ -206,7 +206,7 @@ class DynamicQuantModel(nn.Module):
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.bits = check_candidate_bits(bits)
-        self.fixed_bits = check_candidate_bits([fixed_bits], "fixed_bits")[0]
+        self.fixed_bits = check_candidate_bits([fixed_bits], "fixed_bits", lowest=2)[0]
         if not isinstance(example, torch.Tensor) or example.ndim < 1 or example.shape[0] < 1:
             raise ConfigError("example must be an input batch tensor with at least one sample")
         if any(is_quant_module(m) or isinstance(m, ActQuant | DynamicQuantLayer) for m in model.modules()):

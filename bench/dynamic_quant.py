@@ -1,0 +1,187 @@
+"""Benchmark: instance-aware dynamic quantization (issue 7) against static uniform and static mixed
+precision at the same training budget, on fmnist-resnet.
+
+Every run starts from the float zoo model and trains on the 60 000 training images (Adam, half-cosine
+decay, batch 64, the epochs given); the dynamic layers are every conv after the stem; the stem and the
+classifier are W8A8 in every configuration (dynamic and static alike). Accuracy on the 10 000 test
+images; cost = measured average BitOPs per image (``MACs * b_w * b_a`` summed over the layers, the
+controller's MLP counted at 32 x 32 bits), also as a fraction of the static W4A4 model's.
+
+    python bench/dynamic_quant.py --run dyn-1234-t019 --bits 1,2,3,4 --target 0.19 --epochs 2
+    python bench/dynamic_quant.py --run static-1234-t019 --bits 1,2,3,4 --target 0.19 --hidden 0
+    python bench/dynamic_quant.py --table [--report DIR]
+
+``--hidden 0`` trains the static mixed-precision baseline with the same search, budget and schedule:
+one learned choice per layer for every input (no controller). Static uniform rows (W1A1 XNOR, W1A8
+BWN, W2A2 and W4A4 LSQ / DoReFa / PACT) are the measured rows of bench/results/qat_table.json (same
+float model, same first / last W8A8 layers; their BitOPs computed here from the same layer MACs).
+Each --run also records the analysis: average bits vs the float model's confidence, per class, and
+per layer for the easiest / hardest fifth of the test set. The trained models are saved to
+bench/results/dynamic_models/NAME.safetensors (not committed).
+
+Writes bench/results/dynamic_quant.json; --table prints the Markdown table, --report writes the HTML
+report with the plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from lowbit.algorithms.dynamic import DynamicConfig, evaluate_dynamic, prepare, save_dynamic, train_dynamic
+from lowbit.data import load_fashion_mnist
+from lowbit.io import atomic_write_text
+from lowbit.zoo import load_model
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "results" / "dynamic_quant.json"
+MODELS = ROOT / "bench" / "results" / "dynamic_models"
+QAT = ROOT / "bench" / "results" / "qat_table.json"
+#: static uniform rows taken from qat_table.json: key -> (label, bits of the dynamic-position layers (w, a),
+#: layers kept at 8 bits besides stem / fc)
+STATIC = {
+    "xnor": ("XNOR W1A1 (shortcuts W8A8)", (1, 1), ("shortcut",)),
+    "bwn": ("BWN W1A8", (1, 8), ()),
+    "qat-w2a2-lsq": ("LSQ W2A2", (2, 2), ()),
+    "qat-w2a2-lsq@bs128": ("LSQ W2A2 (batch 128)", (2, 2), ()),
+    "qat-w2a2-dorefa@cuda": ("DoReFa W2A2", (2, 2), ()),
+    "qat-w2a2-dsq@cuda": ("DSQ W2A2", (2, 2), ()),
+    "qat-w3a3-lsq": ("LSQ W3A3", (3, 3), ()),
+    "qat-w4a4-lsq": ("LSQ W4A4", (4, 4), ()),
+    "qat-w4a4-pact@cuda": ("PACT W4A4", (4, 4), ()),
+}
+
+
+def float_confidence(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float model's max softmax probability and prediction per image."""
+    with torch.no_grad():
+        p = torch.cat([model(images[i:i + 512]).softmax(-1) for i in range(0, images.shape[0], 512)])
+    return p.max(-1).values, p.argmax(-1)
+
+
+def analysis(r: dict, conf: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Average chosen bits vs the float model's confidence (quintiles), per class, and per layer for
+    the most / least confident fifth of the test set."""
+    avg = r["bits"].double().mean(1)  # per image, average width over the dynamic layers
+    order = conf.argsort()
+    n = conf.numel()
+    quint = [order[i * n // 5:(i + 1) * n // 5] for i in range(5)]
+    hard, easy = quint[0], quint[-1]
+    corr = r["correct"]
+    rel = (r["bitops"].double() / r["bitops"].double().mean())
+    return {
+        "confidence_quintiles": [{"confidence_min": float(conf[q].min()), "confidence_max": float(conf[q].max()),
+                                  "avg_bits": float(avg[q].mean()), "bitops_rel": float(rel[q].mean()),
+                                  "accuracy": 100 * float(corr[q].double().mean())} for q in quint],
+        "per_class": [{"class": c, "avg_bits": float(avg[labels == c].mean()), "bitops_rel": float(rel[labels == c].mean()),
+                       "accuracy": 100 * float(corr[labels == c].double().mean())} for c in range(10)],
+        "easy_layer_bits": r["bits"][easy].double().mean(0).tolist(),
+        "hard_layer_bits": r["bits"][hard].double().mean(0).tolist(),
+        "corr_bits_vs_confidence": float(torch.corrcoef(torch.stack([avg, conf.double()]))[0, 1]) if avg.std() > 0 else 0.0,
+        "distinct_configs": int(torch.unique(r["bits"], dim=0).shape[0]),
+    }
+
+
+def run(args: argparse.Namespace) -> None:
+    torch.manual_seed(args.seed)
+    train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
+    model = load_model("fmnist-resnet")
+    cfg = DynamicConfig(bits=tuple(int(b) for b in args.bits.split(",")), target_bitops=args.target, hidden=args.hidden,
+                        epochs=args.epochs, lr=args.lr, batch_size=args.batch, reg_weight=args.reg, seed=args.seed,
+                        trunk=tuple(args.trunk.split("+")) if args.trunk else None)
+    dyn = prepare(model, cfg, train.subset(cfg.calib_size, seed=0))
+    hist = train_dynamic(dyn, (train.images, train.labels), epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                         target_bitops=cfg.target_bitops, reg_weight=cfg.reg_weight, tau=cfg.tau, seed=cfg.seed,
+                         progress=sys.stderr.isatty())
+    r = evaluate_dynamic(dyn, test)
+    MODELS.mkdir(parents=True, exist_ok=True)
+    save_dynamic(dyn, MODELS / f"{args.run}.safetensors", model_spec="fmnist-resnet")
+    conf, _ = float_confidence(model.eval(), test.images)
+    w4a4 = static_bitops(dyn, (4, 4), ())
+    row = {"name": args.run, "kind": "dynamic" if args.hidden else "static-mixed", "bits": list(cfg.bits), "target": cfg.target_bitops,
+           "hidden": cfg.hidden, "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "reg_weight": cfg.reg_weight,
+           "trunk": list(dyn.trunk), "accuracy": r["accuracy"], "mean_bitops": r["mean_bitops"], "fraction_of_w4a4": r["mean_bitops"] / w4a4,
+           "mean_fraction": r["mean_fraction"], "controller_bitops": r["controller_bitops"], "controller_share": r["controller_share"],
+           "min_bitops": r["min_bitops"], "max_bitops": r["max_bitops"], "train_seconds": hist["seconds"], "history": hist["history"],
+           "layers": r["layers"], "layer_bits": r["layer_bits"], **analysis(r, conf, test.labels)}
+    results = json.loads(OUT.read_text()) if OUT.exists() else {}
+    results.setdefault("runs", {})[args.run] = row
+    results["float_accuracy"] = 100 * float((torch.cat([model(test.images[i:i + 512]).argmax(-1) for i in range(0, 10000, 512)]) == test.labels).double().mean())
+    results["layer_macs"] = dyn.layer_macs()
+    results["fixed_bitops"] = dyn.fixed_bitops()
+    atomic_write_text(OUT, json.dumps(results, indent=1))
+    print(json.dumps({k: v for k, v in row.items() if k not in ("history", "per_class", "confidence_quintiles")}, indent=1))
+
+
+def static_bitops(dyn_or_macs, wa: tuple[int, int], keep8: tuple[str, ...], fixed: int | None = None) -> float:
+    """BitOPs per image of a static configuration: the fixed W8A8 layers plus every dynamic-position layer
+    at ``wa`` (those whose name contains a ``keep8`` part at W8A8)."""
+    macs = dyn_or_macs.layer_macs() if hasattr(dyn_or_macs, "layer_macs") else dyn_or_macs
+    fixed = dyn_or_macs.fixed_bitops() if fixed is None else fixed
+    return fixed + sum(m * (64 if any(k in n for k in keep8) else wa[0] * wa[1]) for n, m in macs.items())
+
+
+def table(results: dict) -> list[dict]:
+    """Rows (dynamic, static mixed, static uniform) sorted by average BitOPs."""
+    macs, fixed = results["layer_macs"], results["fixed_bitops"]
+    w4a4 = static_bitops(macs, (4, 4), (), fixed)
+    qat = json.loads(QAT.read_text()) if QAT.exists() else {}
+    rows = []
+    for key, (label, wa, keep8) in STATIC.items():
+        if key in qat:
+            q = qat[key]
+            b = static_bitops(macs, wa, keep8, fixed)
+            rows.append({"name": label, "kind": "static-uniform", "accuracy": q["accuracy"], "mean_bitops": b, "fraction_of_w4a4": b / w4a4,
+                         "epochs": q.get("epochs"), "batch_size": q.get("batch_size", 128), "device": q.get("device", "cpu")})
+    for r in results.get("runs", {}).values():
+        rows.append({**{k: r[k] for k in ("name", "kind", "accuracy", "mean_bitops", "fraction_of_w4a4", "epochs", "batch_size")},
+                     "controller_share": r["controller_share"], "train_seconds": r["train_seconds"], "device": "cpu"})
+    return sorted(rows, key=lambda r: r["mean_bitops"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", help="name of a training run to do and record")
+    ap.add_argument("--bits", default="1,2,3,4")
+    ap.add_argument("--target", type=float, default=0.19, help="average BitOPs, fraction of the static model at the largest candidate")
+    ap.add_argument("--hidden", type=int, default=16, help="controller width; 0: the static mixed-precision baseline")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--reg", type=float, default=5.0)
+    ap.add_argument("--trunk", default="", help="trunk module names joined by '+' (default: the first conv block)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--table", action="store_true")
+    ap.add_argument("--report", help="write the HTML report (plots) into this folder")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    if args.run:
+        t = time.perf_counter()
+        run(args)
+        print(f"{args.run}: {time.perf_counter() - t:.0f} s")
+    if args.table or args.report:
+        results = json.loads(OUT.read_text())
+        rows = table(results)
+        fa = results["float_accuracy"]
+        print(f"float {fa:.2f} %\n")
+        print("| configuration | kind | accuracy % | vs float pp | avg BitOPs (M) | x W4A4 | controller share | epochs | train s |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            cs = f"{100 * r['controller_share']:.2f} %" if "controller_share" in r else ""
+            ts = f"{r['train_seconds']:.0f}" if "train_seconds" in r else ""
+            print(f"| {r['name']} | {r['kind']} | {r['accuracy']:.2f} | {r['accuracy'] - fa:+.2f} | {r['mean_bitops'] / 1e6:.1f} | "
+                  f"{r['fraction_of_w4a4']:.3f} | {cs} | {r['epochs']} | {ts} |")
+        if args.report:
+            from lowbit.report.html import dynamic_report
+
+            path = dynamic_report(results, rows, args.report)
+            print(f"report: {path}")
+
+
+if __name__ == "__main__":
+    main()
