@@ -33,7 +33,15 @@ from pathlib import Path
 
 import torch
 
-from lowbit.algorithms.dynamic import DynamicConfig, evaluate_dynamic, prepare, save_dynamic, train_dynamic
+from lowbit.algorithms.dynamic import (
+    DynamicConfig,
+    dynamic_analysis,
+    evaluate_dynamic,
+    model_confidence,
+    prepare,
+    save_dynamic,
+    train_dynamic,
+)
 from lowbit.data import load_fashion_mnist
 from lowbit.io import atomic_write_text
 from lowbit.zoo import load_model
@@ -57,36 +65,6 @@ STATIC = {
 }
 
 
-def float_confidence(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The float model's max softmax probability and prediction per image."""
-    with torch.no_grad():
-        p = torch.cat([model(images[i:i + 512]).softmax(-1) for i in range(0, images.shape[0], 512)])
-    return p.max(-1).values, p.argmax(-1)
-
-
-def analysis(r: dict, conf: torch.Tensor, labels: torch.Tensor) -> dict:
-    """Average chosen bits vs the float model's confidence (quintiles), per class, and per layer for
-    the most / least confident fifth of the test set."""
-    avg = r["bits"].double().mean(1)  # per image, average width over the dynamic layers
-    order = conf.argsort()
-    n = conf.numel()
-    quint = [order[i * n // 5:(i + 1) * n // 5] for i in range(5)]
-    hard, easy = quint[0], quint[-1]
-    corr = r["correct"]
-    rel = (r["bitops"].double() / r["bitops"].double().mean())
-    return {
-        "confidence_quintiles": [{"confidence_min": float(conf[q].min()), "confidence_max": float(conf[q].max()),
-                                  "avg_bits": float(avg[q].mean()), "bitops_rel": float(rel[q].mean()),
-                                  "accuracy": 100 * float(corr[q].double().mean())} for q in quint],
-        "per_class": [{"class": c, "avg_bits": float(avg[labels == c].mean()), "bitops_rel": float(rel[labels == c].mean()),
-                       "accuracy": 100 * float(corr[labels == c].double().mean())} for c in range(10)],
-        "easy_layer_bits": r["bits"][easy].double().mean(0).tolist(),
-        "hard_layer_bits": r["bits"][hard].double().mean(0).tolist(),
-        "corr_bits_vs_confidence": float(torch.corrcoef(torch.stack([avg, conf.double()]))[0, 1]) if avg.std() > 0 else 0.0,
-        "distinct_configs": int(torch.unique(r["bits"], dim=0).shape[0]),
-    }
-
-
 def run(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
@@ -101,17 +79,17 @@ def run(args: argparse.Namespace) -> None:
     r = evaluate_dynamic(dyn, test)
     MODELS.mkdir(parents=True, exist_ok=True)
     save_dynamic(dyn, MODELS / f"{args.run}.safetensors", model_spec="fmnist-resnet")
-    conf, _ = float_confidence(model.eval(), test.images)
+    conf, pred = model_confidence(model, test.images)
     w4a4 = static_bitops(dyn, (4, 4), ())
     row = {"name": args.run, "kind": "dynamic" if args.hidden else "static-mixed", "bits": list(cfg.bits), "target": cfg.target_bitops,
            "hidden": cfg.hidden, "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "reg_weight": cfg.reg_weight,
            "trunk": list(dyn.trunk), "accuracy": r["accuracy"], "mean_bitops": r["mean_bitops"], "fraction_of_w4a4": r["mean_bitops"] / w4a4,
            "mean_fraction": r["mean_fraction"], "controller_bitops": r["controller_bitops"], "controller_share": r["controller_share"],
            "min_bitops": r["min_bitops"], "max_bitops": r["max_bitops"], "train_seconds": hist["seconds"], "history": hist["history"],
-           "layers": r["layers"], "layer_bits": r["layer_bits"], **analysis(r, conf, test.labels)}
+           "layers": r["layers"], "layer_bits": r["layer_bits"], **dynamic_analysis(r, conf, test.labels)}
     results = json.loads(OUT.read_text()) if OUT.exists() else {}
     results.setdefault("runs", {})[args.run] = row
-    results["float_accuracy"] = 100 * float((torch.cat([model(test.images[i:i + 512]).argmax(-1) for i in range(0, 10000, 512)]) == test.labels).double().mean())
+    results["float_accuracy"] = 100 * float((pred == test.labels).double().mean())
     results["layer_macs"] = dyn.layer_macs()
     results["fixed_bitops"] = dyn.fixed_bitops()
     atomic_write_text(OUT, json.dumps(results, indent=1))
@@ -158,6 +136,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--table", action="store_true")
     ap.add_argument("--report", help="write the HTML report (plots) into this folder")
+    ap.add_argument("--analysis", default="", help="the run whose bits-vs-difficulty analysis the report shows (default: the first)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     if args.run:
@@ -177,10 +156,14 @@ def main() -> None:
             print(f"| {r['name']} | {r['kind']} | {r['accuracy']:.2f} | {r['accuracy'] - fa:+.2f} | {r['mean_bitops'] / 1e6:.1f} | "
                   f"{r['fraction_of_w4a4']:.3f} | {cs} | {r['epochs']} | {ts} |")
         if args.report:
-            from lowbit.report.html import dynamic_report
+            from lowbit.report.html import write_dynamic_report
 
-            path = dynamic_report(results, rows, args.report)
-            print(f"report: {path}")
+            runs = results.get("runs", {})
+            best = runs.get(args.analysis) or next(iter(runs.values()), {})
+            keys = ("confidence_quintiles", "per_class", "hard_layer_bits", "easy_layer_bits", "corr_bits_vs_confidence", "distinct_configs")
+            dyn = {"model": "fmnist-resnet", "float_accuracy": fa, "curve": rows,
+                   "analysis": {k: best[k] for k in keys} if all(k in best for k in keys) else None, "analysis_of": best.get("name")}
+            print(f"report: {write_dynamic_report(dyn, args.report)['html']}")
 
 
 if __name__ == "__main__":

@@ -388,6 +388,7 @@ def dynamic_train(
     device: str = typer.Option("cpu", help="where training runs: cpu, cuda, cuda:N, mps or auto (evaluation stays on the CPU)"),
     out: str | None = typer.Option(None, "--out", help="write the trained dynamic model here (safetensors + manifest)"),
     json_path: str | None = typer.Option(None, "--json", help="write the result JSON here"),
+    report: str | None = typer.Option(None, "--report", help="write dynamic.html / .json here: bits vs the float model's confidence, per class, per layer"),
     data_dir: str | None = typer.Option(None, help="Fashion-MNIST folder"),
 ) -> None:
     """Dynamic quantization: prepare MODEL (calibrated on training images), train network and bit controller
@@ -429,7 +430,8 @@ def dynamic_train(
     run_info = train_dynamic(dyn, train_set, **config.train_kwargs(), teacher=copy.deepcopy(float_model) if config.distill else None,
                              device=device)
     seconds = t_prep + time.perf_counter() - t1  # prepare + train (the float evaluation in between is not counted)
-    r = _dynamic_result(evaluate_dynamic(dyn, test))
+    raw = evaluate_dynamic(dyn, test)
+    r = _dynamic_result(raw)
     result = {"model": model, "recipe": Path(recipe).stem, "fp32_accuracy": fp32, "dynamic_accuracy": r["accuracy"],
               "accuracy_drop_pp": fp32 - r["accuracy"], "mean_fraction": r["mean_fraction"], "controller_share": r["controller_share"],
               "seconds": seconds, "train_seconds": run_info["seconds"], "train_images": len(train_set), "epochs": config.epochs,
@@ -439,6 +441,8 @@ def dynamic_train(
                            f"target {config.target_bitops:g})")
     if json_path:
         atomic_write_text(json_path, json.dumps(result, indent=1, default=float) + "\n")
+    if report:
+        _dynamic_report(model, float_model, fp32, raw, test, report)
     if out:
         info = save_dynamic(dyn, out, model_spec=model)
         typer.echo(f"dynamic model: {out} ({info['bytes']} bytes)")
@@ -450,6 +454,7 @@ def dynamic_eval(
     path: str = typer.Argument(..., help="a dynamic model file (lowbit dynamic train --out)"),
     weights: str | None = typer.Option(None, help="state_dict of the float model, for its accuracy (user models)"),
     json_path: str | None = typer.Option(None, "--json", help="write the result JSON here"),
+    report: str | None = typer.Option(None, "--report", help="write dynamic.html / .json here (needs the float weights: zoo or --weights)"),
     data_dir: str | None = typer.Option(None, help="Fashion-MNIST folder"),
 ) -> None:
     """Load a saved dynamic model and evaluate it on the 10k test set (accuracy, measured per-sample BitOPs)."""
@@ -469,8 +474,11 @@ def dynamic_eval(
     test = load_fashion_mnist("test", data_dir)
     float_model = load_model_spec(spec, weights)
     t0 = time.perf_counter()
+    if report and not (spec in ZOO or weights is not None):
+        raise ConfigError(f"--report ranks the images by the float model's confidence: {spec!r} is not a zoo model, pass --weights")
     dyn = load_dynamic(path, model=float_model)
-    r = _dynamic_result(evaluate_dynamic(dyn, test))
+    raw = evaluate_dynamic(dyn, test)
+    r = _dynamic_result(raw)
     seconds = time.perf_counter() - t0
     # the float accuracy needs the float weights: shipped with zoo models, given by --weights for a user model
     fp32 = evaluate(float_model, test, progress="evaluating fp32") if (spec in ZOO or weights is not None) else None
@@ -481,6 +489,21 @@ def dynamic_eval(
     _print_dynamic(result, f"{spec} / {Path(path).name} (bits {list(dyn.bits)}, target {cfg.get('target_bitops', '?')})")
     if json_path:
         atomic_write_text(json_path, json.dumps(result, indent=1, default=float) + "\n")
+    if report:
+        _dynamic_report(spec, float_model, fp32, raw, test, report)
+
+
+def _dynamic_report(model: str, float_model, fp32: float | None, raw: dict, test, out_dir: str) -> None:
+    """dynamic.html / .json: this model's point and the bits-vs-difficulty analysis (float-model confidence)."""
+    from ..algorithms.dynamic import dynamic_analysis, model_confidence
+    from ..data.fmnist import CLASSES
+    from ..report.html import write_dynamic_report
+
+    conf, _ = model_confidence(float_model, test.images)
+    a = dynamic_analysis(raw, conf, test.labels, classes=CLASSES)
+    point = {"name": "this model", "kind": "dynamic", "mean_bitops": raw["mean_bitops"], "accuracy": raw["accuracy"]}
+    paths = write_dynamic_report({"model": model, "float_accuracy": fp32, "curve": [point], "analysis": a}, out_dir)
+    typer.echo(f"report: {paths['html']}")
 
 
 def _sensitivity(model: str, recipe: str, weights: str | None, bits: str, estimators: str, samples: int, data_dir: str | None):

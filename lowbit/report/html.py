@@ -251,3 +251,108 @@ def write_report(results: list[dict], out_dir: str | Path, stem: str = "report")
     atomic_write_text(paths["md"], to_markdown(results))
     atomic_write_text(paths["html"], to_html(results))
     return paths
+
+
+_KIND_STYLE = {"dynamic": ("o-", "tab:red"), "static-mixed": ("s--", "tab:blue"), "static-uniform": ("^", "grey")}
+
+
+def dynamic_plots(dyn: dict) -> list[tuple[str, str]]:
+    """Plots of a dynamic-quantization result (``lowbit dynamic train|eval --report``, bench/dynamic_quant.py).
+
+    ``dyn`` holds ``model``, optional ``float_accuracy``, optional ``curve`` (rows with ``name``, ``kind``
+    in {dynamic, static-mixed, static-uniform}, ``mean_bitops``, ``accuracy``) and optional ``analysis``
+    (:func:`lowbit.algorithms.dynamic.dynamic_analysis`). Gives: accuracy vs average BitOPs (one line
+    per kind); average bits per float-confidence group (hardest first); per class; and per layer for
+    the hardest vs the easiest group.
+    """
+    plt = _plt()
+    out = []
+    curve = dyn.get("curve") or []
+    if curve:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for kind, (style, color) in _KIND_STYLE.items():
+            pts = sorted((r for r in curve if r.get("kind") == kind), key=lambda r: r["mean_bitops"])
+            if not pts:
+                continue
+            ax.plot([r["mean_bitops"] / 1e6 for r in pts], [r["accuracy"] for r in pts], style, color=color, label=kind)
+            for r in pts:
+                ax.annotate(r["name"], (r["mean_bitops"] / 1e6, r["accuracy"]), fontsize=6)
+        if dyn.get("float_accuracy") is not None:
+            ax.axhline(dyn["float_accuracy"], ls="--", color="black", lw=0.8, label="float")
+        ax.set_xscale("log")
+        ax.set_xlabel("average BitOPs per image (millions, log)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{dyn.get('model', '')}: accuracy vs average BitOPs")
+        ax.legend(fontsize=7)
+        out.append(("accuracy vs average BitOPs", _png(fig)))
+    a = dyn.get("analysis")
+    if a:
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+        q = a["confidence_quintiles"]
+        axes[0].bar(range(len(q)), [g["avg_bits"] for g in q], color="tab:red")
+        axes[0].set_xticks(range(len(q)), [f"{g['confidence_min']:.2f}-\n{g['confidence_max']:.2f}" for g in q], fontsize=7)
+        axes[0].set_xlabel("float-model confidence (hardest fifth first)")
+        axes[0].set_ylabel("average chosen bits")
+        lo = min(g["avg_bits"] for g in q + a["per_class"])
+        hi = max(g["avg_bits"] for g in q + a["per_class"])
+        pad = max(0.05, 0.1 * (hi - lo))
+        axes[0].set_ylim(lo - pad, hi + pad)
+        c = a["per_class"]
+        axes[1].bar(range(len(c)), [g["avg_bits"] for g in c], color="tab:blue")
+        axes[1].set_xticks(range(len(c)), [str(g["class"]) for g in c], fontsize=7, rotation=45)
+        axes[1].set_ylim(lo - pad, hi + pad)
+        axes[1].set_xlabel("class")
+        names = list(a["hard_layer_bits"])
+        xs = range(len(names))
+        axes[2].bar([x - 0.2 for x in xs], list(a["hard_layer_bits"].values()), 0.4, label="hardest fifth", color="tab:red")
+        axes[2].bar([x + 0.2 for x in xs], list(a["easy_layer_bits"].values()), 0.4, label="easiest fifth", color="tab:green")
+        axes[2].set_xticks(list(xs), names, fontsize=6, rotation=60, ha="right")
+        axes[2].set_ylabel("average bits")
+        axes[2].legend(fontsize=7)
+        fig.suptitle(f"chosen bits vs input difficulty (corr(bits, confidence) = {a['corr_bits_vs_confidence']:+.2f}, "
+                     f"{a['distinct_configs']} distinct configurations)", fontsize=9)
+        out.append(("bits vs input difficulty", _png(fig)))
+    return out
+
+
+def write_dynamic_report(dyn: dict, out_dir: str | Path, stem: str = "dynamic") -> dict[str, Path]:
+    """Write ``<stem>.json`` and a self-contained ``<stem>.html`` (table + :func:`dynamic_plots`) into ``out_dir``.
+
+    Example:
+        >>> import tempfile
+        >>> rows = [{"name": "W2A2", "kind": "static-uniform", "mean_bitops": 1.6e8, "accuracy": 93.2},
+        ...         {"name": "dyn", "kind": "dynamic", "mean_bitops": 1.1e8, "accuracy": 93.3}]
+        >>> paths = write_dynamic_report({"model": "m", "float_accuracy": 93.6, "curve": rows}, tempfile.mkdtemp())
+        >>> sorted(paths), "accuracy vs average BitOPs" in paths["html"].read_text()
+        (['html', 'json'], True)
+    """
+    esc = html.escape
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / f"{stem}.json", "html": out / f"{stem}.html"}
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>lowbit dynamic quantization</title><style>",
+             "body{font-family:sans-serif;margin:2em;max-width:1300px}table{border-collapse:collapse;font-size:13px}",
+             "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#eee}td:first-child{text-align:left}",
+             f"</style></head><body><h1>{esc(str(dyn.get('model', '')))}: instance-aware dynamic quantization</h1>"]
+    fa = dyn.get("float_accuracy")
+    if dyn.get("curve"):
+        parts.append("<table><tr><th>configuration</th><th>kind</th><th>accuracy %</th><th>vs float pp</th><th>avg MBitOPs</th></tr>")
+        for r in sorted(dyn["curve"], key=lambda r: r["mean_bitops"]):
+            d = "-" if fa is None else f"{r['accuracy'] - fa:+.2f}"
+            parts.append(f"<tr><td>{esc(r['name'])}</td><td>{esc(r['kind'])}</td><td>{r['accuracy']:.2f}</td><td>{d}</td>"
+                         f"<td>{r['mean_bitops'] / 1e6:.1f}</td></tr>")
+        parts.append("</table>")
+    a = dyn.get("analysis")
+    if a:
+        parts.append("<h2>Bits vs difficulty</h2><table><tr><th>float confidence</th><th>images</th><th>avg bits</th>"
+                     "<th>BitOPs / mean</th><th>accuracy %</th></tr>")
+        for g in a["confidence_quintiles"]:
+            parts.append(f"<tr><td>{g['confidence_min']:.3f} - {g['confidence_max']:.3f}</td><td>{g['n']}</td><td>{g['avg_bits']:.3f}</td>"
+                         f"<td>{g['bitops_rel']:.3f}</td><td>{g['accuracy']:.2f}</td></tr>")
+        parts.append("</table>")
+    for title, img in dynamic_plots(dyn):
+        parts.append(f"<h2>{esc(title)}</h2><img src='{img}'><br>")
+    parts.append("</body></html>")
+    atomic_write_text(paths["json"], json.dumps(dyn, indent=1, default=float) + "\n")
+    atomic_write_text(paths["html"], "".join(parts))
+    return paths

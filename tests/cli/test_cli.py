@@ -3,11 +3,13 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 LOWBIT = [sys.executable, "-m", "lowbit.cli.__main__"]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*args, env_extra=None, **kw):
@@ -365,9 +367,16 @@ def test_dynamic_train_then_eval_of_the_saved_model(tmp_path):
     lo, hi = r["structure"]["bitops_range"]
     assert lo <= r["mean_fraction"] <= hi and 0 < r["controller_share"] < 0.02
     assert sum(r["evaluation"]["bits_share"].values()) == pytest.approx(1.0) and "bitops" not in r["evaluation"]  # summarized
-    p = run("dynamic", "eval", str(model), "--json", str(js2))
+    p = run("dynamic", "eval", str(model), "--json", str(js2), "--report", str(tmp_path / "rep"))
     assert p.returncode == 0, p.stderr
     e = json.loads(js2.read_text())
+    rep = json.loads((tmp_path / "rep" / "dynamic.json").read_text())
+    a = rep["analysis"]
+    assert [g["n"] for g in a["confidence_quintiles"]] == [2000] * 5 and len(a["per_class"]) == 10
+    assert a["per_class"][0]["class"] == "T-shirt/top" and set(a["hard_layer_bits"]) == set(e["structure"]["dynamic_layers"])
+    assert all(2 <= b <= 6 for b in a["easy_layer_bits"].values()) and -1 <= a["corr_bits_vs_confidence"] <= 1
+    html_text = (tmp_path / "rep" / "dynamic.html").read_text()
+    assert "bits vs input difficulty" in html_text and "data:image/png;base64," in html_text
     # the reloaded model gives the same choices, hence the same accuracy and measured BitOPs
     assert e["dynamic_accuracy"] == r["dynamic_accuracy"] and e["mean_fraction"] == r["mean_fraction"]
     assert e["evaluation"]["bits_share"] == r["evaluation"]["bits_share"] and e["fp32_accuracy"] == r["fp32_accuracy"]
@@ -398,6 +407,17 @@ def test_dynamic_eval_of_a_file_that_is_not_a_dynamic_model(tmp_path):
         p = run("dynamic", "eval", str(path))
         assert p.returncode == 2 and needle in p.stderr
         assert p.stderr.strip().count("\n") == 0 and "Traceback" not in p.stderr
+
+
+def test_dynamic_eval_report_needs_the_float_weights_of_a_user_model(tmp_path):
+    from lowbit.algorithms.dynamic import DynamicConfig, prepare, save_dynamic
+    from lowbit.zoo import load_model
+
+    path = tmp_path / "user.safetensors"
+    dyn = prepare(load_model("fmnist-resnet"), DynamicConfig(bits=(2, 4), target_bitops=0.6, calib_size=8), [torch.zeros(8, 1, 28, 28)])
+    save_dynamic(dyn, path, model_spec=f"{ROOT / 'lowbit' / 'zoo' / 'models.py'}:FmnistResNet")
+    p = run("dynamic", "eval", str(path), "--report", str(tmp_path / "rep"))
+    assert p.returncode == 2 and "is not a zoo model, pass --weights" in p.stderr and not (tmp_path / "rep").exists()
 
 
 def test_quantize_refuses_a_dynamic_recipe_with_the_command_to_use():

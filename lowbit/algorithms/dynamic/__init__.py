@@ -5,7 +5,7 @@ width of every later conv / linear layer's weights and activations from ``K`` ca
 and controller are trained jointly through straight-through Gumbel-softmax choices with a
 BitOPs-budget regularizer. See :mod:`.layers` (dynamic layers), :mod:`.controller`,
 :mod:`.model` (the split, the cost accounting), :mod:`.train` (training, evaluation),
-:mod:`.checkpoint` (save / load) and :mod:`.config`. Public names: ``lowbit.prepare_dynamic``,
+:mod:`.checkpoint` (save / load), :mod:`.analysis` (widths vs input difficulty) and :mod:`.config`. Public names: ``lowbit.prepare_dynamic``,
 ``lowbit.train_dynamic``, ``lowbit.evaluate_dynamic``, ``lowbit.save_dynamic``, ``lowbit.load_dynamic``.
 
 Example:
@@ -18,6 +18,8 @@ Example:
 """
 
 from ...api import register_verb
+from .analysis import dynamic_analysis as dynamic_analysis
+from .analysis import model_confidence as model_confidence
 from .checkpoint import load_dynamic as load_dynamic
 from .checkpoint import read_manifest as read_manifest
 from .checkpoint import save_dynamic as save_dynamic
