@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
     model = load_model("fmnist-resnet")
-    cfg = DynamicConfig(bits=tuple(int(b) for b in args.bits.split(",")), target_bitops=args.target, hidden=args.hidden,
+    cfg = DynamicConfig(bits=tuple(int(b) for b in args.bits.split(",")), target_bitops=args.target, hidden=args.hidden, grid=args.grid,
                         epochs=args.epochs, lr=args.lr, batch_size=args.batch, reg_weight=args.reg, seed=args.seed,
                         trunk=tuple(args.trunk.split("+")) if args.trunk else None)
     dyn = prepare(model, cfg, train.subset(cfg.calib_size, seed=0))
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> None:
     conf, pred = model_confidence(model, test.images)
     w4a4 = static_bitops(dyn, (4, 4), ())
     row = {"name": args.run, "kind": "dynamic" if args.hidden else "static-mixed", "bits": list(cfg.bits), "target": cfg.target_bitops,
-           "hidden": cfg.hidden, "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "reg_weight": cfg.reg_weight,
+           "hidden": cfg.hidden, "grid": cfg.grid, "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "reg_weight": cfg.reg_weight,
            "trunk": list(dyn.trunk), "accuracy": r["accuracy"], "mean_bitops": r["mean_bitops"], "fraction_of_w4a4": r["mean_bitops"] / w4a4,
            "mean_fraction": r["mean_fraction"], "controller_bitops": r["controller_bitops"], "controller_share": r["controller_share"],
            "min_bitops": r["min_bitops"], "max_bitops": r["max_bitops"], "train_seconds": hist["seconds"], "history": hist["history"],
@@ -128,6 +128,7 @@ def main() -> None:
     ap.add_argument("--bits", default="1,2,3,4")
     ap.add_argument("--target", type=float, default=0.19, help="average BitOPs, fraction of the static model at the largest candidate")
     ap.add_argument("--hidden", type=int, default=16, help="controller width; 0: the static mixed-precision baseline")
+    ap.add_argument("--grid", type=int, default=1, help="the controller pools the trunk features over a grid x grid split")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--batch", type=int, default=64)

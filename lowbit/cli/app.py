@@ -764,11 +764,21 @@ def eval_cmd(
     weights: str | None = typer.Option(None, help="state_dict file"),
     data_dir: str | None = typer.Option(None, help="Fashion-MNIST folder"),
 ) -> None:
-    """Top-1 accuracy of MODEL on the Fashion-MNIST test set."""
+    """Top-1 accuracy of MODEL on the Fashion-MNIST test set (a dynamic model file from ``lowbit dynamic
+    train --out`` also gives its measured average BitOPs)."""
     from ..api import evaluate
     from ..data import load_fashion_mnist
     from ..zoo.resolve import load_model_spec
 
+    if model.endswith(".safetensors") and Path(model).is_file():
+        from ..algorithms.dynamic import evaluate_dynamic, load_dynamic, read_manifest
+
+        spec = read_manifest(model).get("model")  # a clear error when the file is not a dynamic model
+        dyn = load_dynamic(model, model=load_model_spec(spec, weights) if spec else None)
+        r = evaluate_dynamic(dyn, load_fashion_mnist("test", data_dir))
+        typer.echo(json.dumps({"model": model, "accuracy": round(r["accuracy"], 4), "mean_bitops": r["mean_bitops"],
+                               "mean_fraction": round(r["mean_fraction"], 6), "controller_share": round(r["controller_share"], 6)}))
+        return
     m = load_model_spec(model, weights)
     acc = evaluate(m, load_fashion_mnist("test", data_dir), progress="evaluating")
     typer.echo(json.dumps({"model": model, "accuracy": round(acc, 4)}))

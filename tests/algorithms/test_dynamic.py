@@ -708,3 +708,32 @@ def test_hidden_zero_is_a_static_choice_shared_by_every_sample(fmnist_calib):
     dyn.eval()(fmnist_calib.images[:32])
     assert (dyn.last_bits == dyn.last_bits[0]).all()  # the same widths for every input
     assert (dyn.last_bitops == dyn.last_bitops[0]).all()
+
+
+def test_controller_grid_pools_a_coarse_map_counts_its_cost_and_survives_save_load(fmnist_calib, tmp_path):
+    from lowbit.algorithms.dynamic import load_dynamic, save_dynamic
+
+    torch.manual_seed(0)
+    dyn = prepare(load_model("fmnist-resnet"), DynamicConfig(bits=(1, 2, 4), hidden=8, grid=2, target_bitops=0.4), fmnist_calib)
+    c = dyn.controller
+    assert c.features == 4 * c.trunk_channels and c.macs() == 4 * c.trunk_channels * 8 + 8 * len(dyn.dynamic_layers) * 3
+    assert c.feature_std.shape == (4 * c.trunk_channels,)
+    x = fmnist_calib.images[:16]
+    h = dyn.model.stem(x)
+    torch.testing.assert_close(c.pool(h)[:, :: 4], h[:, :, :14, :14].mean((2, 3)))  # region (0, 0) of every channel
+    dyn.eval()(x)
+    path = tmp_path / "g.safetensors"
+    save_dynamic(dyn, path, model_spec="fmnist-resnet")
+    back = load_dynamic(path)
+    assert back.controller.grid == 2 and torch.equal(back(x), dyn(x))
+
+
+def test_controller_grid_on_features_without_a_map():
+    from lowbit.algorithms.dynamic import BitController
+
+    ctrl = BitController(16, 3, 2, hidden=4, grid=2)
+    for h in (torch.rand(2, 16), torch.rand(2, 16, 1, 5)):
+        with pytest.raises(ConfigError, match="grid of 2x2 needs"):
+            ctrl(h)
+    with pytest.raises(ConfigError, match="grid must be a positive integer"):
+        DynamicConfig(grid=0)

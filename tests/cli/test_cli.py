@@ -367,6 +367,10 @@ def test_dynamic_train_then_eval_of_the_saved_model(tmp_path):
     lo, hi = r["structure"]["bitops_range"]
     assert lo <= r["mean_fraction"] <= hi and 0 < r["controller_share"] < 0.02
     assert sum(r["evaluation"]["bits_share"].values()) == pytest.approx(1.0) and "bitops" not in r["evaluation"]  # summarized
+    p = run("eval", str(model))
+    assert p.returncode == 0, p.stderr
+    plain = json.loads(p.stdout)
+    assert plain["accuracy"] == pytest.approx(r["dynamic_accuracy"], abs=1e-4) and plain["mean_fraction"] == pytest.approx(r["mean_fraction"])
     p = run("dynamic", "eval", str(model), "--json", str(js2), "--report", str(tmp_path / "rep"))
     assert p.returncode == 0, p.stderr
     e = json.loads(js2.read_text())

@@ -109,6 +109,7 @@ def save_dynamic(dyn: DynamicQuantModel, path: str | Path, *, model_spec: str | 
         "fixed_bits": dyn.fixed_bits,
         "trunk": list(dyn.trunk),
         "hidden": dyn.controller.hidden,
+        "grid": dyn.controller.grid,
         "observer": observers.pop() if len(observers) == 1 else "mse",
         "input_shape": list(dyn.input_shape),
         "fold_bn": "bn_folded" in info,
@@ -201,6 +202,7 @@ def load_dynamic(path: str | Path, model: nn.Module | None = None) -> DynamicQua
     try:
         bits, fixed_bits, trunk, hidden = m["bits"], m["fixed_bits"], m["trunk"], m["hidden"]
         observer, shape, signed, macs = m["observer"], m["input_shape"], m["input_signed"], m["macs"]
+        grid = int(m.get("grid", 1))
         fold, detach, tau, info = bool(m["fold_bn"]), bool(m["detach_trunk"]), float(m["tau"]), dict(m["info"])
         config = DynamicConfig.from_dict(m["config"]) if m.get("config") is not None else None
         example = torch.zeros(1, *(int(d) for d in shape))
@@ -216,7 +218,8 @@ def load_dynamic(path: str | Path, model: nn.Module | None = None) -> DynamicQua
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # prepare already warned when folding had to be skipped
                 float_model = FoldBatchNorm().apply(float_model)
-        dyn = DynamicQuantModel(float_model, example, bits=bits, trunk=trunk, hidden=hidden, fixed_bits=fixed_bits, observer=observer)
+        dyn = DynamicQuantModel(float_model, example, bits=bits, trunk=trunk, hidden=hidden, fixed_bits=fixed_bits, observer=observer,
+                                 grid=grid)
     except LowbitError as e:
         raise CheckpointError(f"{path} does not fit this model: {e}") from None
     layers = {n: mod for n, mod in dyn.model.named_modules() if isinstance(mod, DynamicQuantLayer)}

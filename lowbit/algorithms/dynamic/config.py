@@ -55,6 +55,8 @@ class DynamicConfig(Config):
         tau: Gumbel-softmax temperature ``(start, end)``, annealed geometrically per step.
         hidden: hidden width of the controller's two-layer MLP; ``0``: no controller input, one learned
             choice per layer for every sample (static mixed precision from the same search, the baseline).
+        grid: the controller pools the trunk's features over a ``grid x grid`` split of the image
+            (1: global average; 2 keeps coarse position: ``C * 4`` inputs, 4x the first layer's MACs).
         trunk: module names of the trunk (the controller's input; run at ``fixed_bits``); ``None``:
             the first conv block.
         fixed_bits: width of the trunk's layers and of the classifier (2..8).
@@ -75,6 +77,7 @@ class DynamicConfig(Config):
     reg_weight: float = 5.0
     tau: tuple[float, float] = (5.0, 0.5)
     hidden: int = 64
+    grid: int = 1
     trunk: tuple[str, ...] | None = None
     fixed_bits: int = 8
     observer: str = "mse"
@@ -119,7 +122,7 @@ class DynamicConfig(Config):
             raise ConfigError(f"unknown observer {self.observer!r}; known: {sorted(OBSERVERS)}")
         if not _is_int(self.hidden) or self.hidden < 0:
             raise ConfigError(f"hidden must be a positive integer (or 0: one static choice for every input), got {self.hidden!r}")
-        for name in ("epochs", "batch_size", "calib_size"):
+        for name in ("grid", "epochs", "batch_size", "calib_size"):
             v = getattr(self, name)
             if not _is_int(v) or v < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")

@@ -176,7 +176,8 @@ class DynamicQuantModel(nn.Module):
             measures the layers.
         bits: candidate widths of the dynamic layers, increasing, in 2..8.
         trunk: module names of the trunk (default: the first conv block, see the module docstring).
-        hidden: the controller MLP's hidden width.
+        hidden: the controller MLP's hidden width (0: one static choice for every input).
+        grid: the controller pools the trunk features over a ``grid x grid`` split (1: global average).
         fixed_bits: width of the trunk's layers and of the classifier.
         observer: observer that initializes every candidate's steps (``mse``, ``minmax``, ...).
 
@@ -201,7 +202,8 @@ class DynamicQuantModel(nn.Module):
     """
 
     def __init__(self, model: nn.Module, example: torch.Tensor, *, bits: Sequence[int] = (2, 3, 4, 5, 6),
-                 trunk: Sequence[str] | None = None, hidden: int = 64, fixed_bits: int = 8, observer: str = "mse") -> None:
+                 trunk: Sequence[str] | None = None, hidden: int = 64, fixed_bits: int = 8, observer: str = "mse",
+                 grid: int = 1) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -249,7 +251,8 @@ class DynamicQuantModel(nn.Module):
             new.macs = run.macs[name]
             set_submodule(model, name, new)
         self.model = model
-        self.controller = BitController(int(h.shape[1]), len(self.dynamic_layers), len(self.bits), hidden)
+        self.controller = BitController(int(h.shape[1]), len(self.dynamic_layers), len(self.bits), hidden, grid)
+        self.controller.pool(h)  # a grid the trunk's output cannot be split into fails here, with the fix
         self.tau = 1.0
         self.detach_trunk = True
         self.last_logits = self.last_probs = self.last_choice = self.last_bits = self.last_bitops = None
@@ -310,7 +313,7 @@ class DynamicQuantModel(nn.Module):
         inputs = collect_inputs(data, max_samples=max_samples)
         layers = [m for m in self.model.modules() if isinstance(m, DynamicQuantLayer)]
         pooled: list[torch.Tensor] = []
-        hook = self.model.get_submodule(self.cut).register_forward_hook(lambda m, i, o: pooled.append(BitController.pool(o.detach())))
+        hook = self.model.get_submodule(self.cut).register_forward_hook(lambda m, i, o: pooled.append(self.controller.pool(o.detach())))
         for layer in layers:
             layer.start_observing()
         seen = 0
@@ -450,7 +453,7 @@ def prepare(model: nn.Module, config: DynamicConfig, calib_data: Any) -> Dynamic
     float_model = copy.deepcopy(model).eval()
     folded = FoldBatchNorm()
     float_model = folded.apply(float_model)  # warns and folds nothing when torch.fx cannot trace the model
-    dyn = DynamicQuantModel(float_model, inputs[0][:1], bits=config.bits, trunk=config.trunk, hidden=config.hidden,
+    dyn = DynamicQuantModel(float_model, inputs[0][:1], bits=config.bits, trunk=config.trunk, hidden=config.hidden, grid=config.grid,
                             fixed_bits=config.fixed_bits, observer=config.observer)
     dyn.calibrate(inputs)
     dyn.tau = config.tau[0]

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -44,7 +43,7 @@ from torch import nn
 from ..._progress import track
 from ...errors import CalibrationError, ConfigError
 from ..distill import task_loss
-from ..qat.trainer import _batches, _split, resolve_device
+from ..qat.trainer import minibatches, resolve_device, split_batch
 from .model import DynamicQuantModel, check_target
 
 
@@ -140,7 +139,7 @@ def _train(dyn: DynamicQuantModel, data: Any, dev: torch.device, *, epochs: int,
     ctrl = [p for p in dyn.controller.parameters() if p.requires_grad]
     net = [p for p in dyn.model.parameters() if p.requires_grad]
     opt = torch.optim.Adam([{"params": net, "lr": lr}, {"params": ctrl, "lr": controller_lr}])
-    _, steps_per_epoch = _batches(data, batch_size, seed, 0)
+    _, steps_per_epoch = minibatches(data, batch_size, seed, 0)
     total = max(1, steps_per_epoch * epochs)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total)))
     ref = float(dyn.reference_bitops())
@@ -152,11 +151,11 @@ def _train(dyn: DynamicQuantModel, data: Any, dev: torch.device, *, epochs: int,
     for epoch in range(epochs):
         t_ep = time.perf_counter()
         dyn.train()
-        batches, n = _batches(data, batch_size, seed, epoch)
+        batches, n = minibatches(data, batch_size, seed, epoch)
         sums = {"loss": 0.0, "task_loss": 0.0, "reg_loss": 0.0, "expected_fraction": 0.0, "sampled_fraction": 0.0}
         seen = 0
         for batch in track(batches, f"dynamic epoch {epoch + 1}/{epochs}", total=n) if progress else batches:
-            x, y = _split(batch, None)
+            x, y = split_batch(batch)
             x = x.to(dev)
             y = y.to(dev) if isinstance(y, torch.Tensor) else y
             if not torch.isfinite(x).all():
@@ -190,21 +189,6 @@ def _train(dyn: DynamicQuantModel, data: Any, dev: torch.device, *, epochs: int,
     return {"history": history, "seconds": time.perf_counter() - t_all, "device": str(dev)}
 
 
-def _eval_batches(data: Any, batch_size: int) -> Iterable:
-    if hasattr(data, "images") and hasattr(data, "labels"):
-        data = (data.images, data.labels)
-    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        x, y = data
-        if x.shape[0] != y.shape[0]:
-            raise ConfigError(f"inputs and labels differ in length: {x.shape[0]} vs {y.shape[0]}")
-        return ((x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, x.shape[0], batch_size))
-    try:
-        return iter(data)
-    except TypeError:
-        raise ConfigError(f"evaluation data must be a lowbit TensorDataset, an (inputs, labels) pair of tensors or an iterable of "
-                          f"(x, y) batches; got {type(data).__name__}") from None
-
-
 @torch.no_grad()
 def evaluate_dynamic(dyn: DynamicQuantModel, data: Any, *, batch_size: int = 256) -> dict:
     """Accuracy and measured per-sample BitOPs of ``dyn`` in eval mode (argmax choices, grouped inference).
@@ -231,8 +215,8 @@ def evaluate_dynamic(dyn: DynamicQuantModel, data: Any, *, batch_size: int = 256
     dev = next(dyn.parameters()).device
     bits, bitops, correct = [], [], []
     try:
-        for batch in _eval_batches(data, batch_size):
-            x, y = _split(batch, None)
+        for batch in minibatches(data, batch_size, shuffle=False, what="evaluation data")[0]:
+            x, y = split_batch(batch)
             if y is None:
                 raise ConfigError("evaluate_dynamic needs labelled batches: (inputs, labels)")
             out = dyn(x.to(dev))

@@ -58,29 +58,50 @@ FORMAT = "lowbit-train-checkpoint"
 VERSION = 1
 
 
-def _batches(data: Any, batch_size: int, seed: int, epoch: int) -> tuple[Iterable, int]:
-    """Minibatches of one epoch and their count: a lowbit ``TensorDataset`` or an ``(inputs, labels)``
-    tensor pair is shuffled with a generator seeded by ``(seed, epoch)``; any other sized iterable of
-    batches is iterated as it is (it shuffles itself, e.g. a DataLoader)."""
+def minibatches(data: Any, batch_size: int, seed: int = 0, epoch: int = 0, *, shuffle: bool = True,
+                what: str = "training data") -> tuple[Iterable, int | None]:
+    """Minibatches of one pass over ``data`` and their count: a lowbit ``TensorDataset``, an ``(inputs,
+    labels)`` tensor pair or a tensor of inputs is cut into ``batch_size`` slices, in an order shuffled by a
+    generator seeded with ``(seed, epoch)`` (``shuffle=False``: in order); any other sized iterable of
+    batches is iterated as it is (it shuffles itself, e.g. a DataLoader; with ``shuffle=False`` an unsized
+    iterable too, count ``None``). Shared by the QAT and dynamic
+    trainers and their evaluations.
+
+    Example:
+        >>> x, y = torch.arange(5.0), torch.arange(5)
+        >>> batches, n = minibatches((x, y), 2, shuffle=False)
+        >>> n, [b[1].tolist() for b in batches]
+        (3, [[0, 1], [2, 3], [4]])
+
+    Raises:
+        ConfigError: inputs and labels of different lengths, or data of an unknown kind (``what`` names it).
+    """
     if hasattr(data, "images") and hasattr(data, "labels"):
         data = (data.images, data.labels)
-    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        x, y = data
-        if x.shape[0] != y.shape[0]:
-            raise ConfigError(f"inputs and labels differ in length: {x.shape[0]} vs {y.shape[0]}")
-        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        perm = torch.randperm(x.shape[0], generator=g).to(x.device)
-        n = -(-x.shape[0] // batch_size)
-        return ((x[perm[i : i + batch_size]], y[perm[i : i + batch_size]]) for i in range(0, x.shape[0], batch_size)), n
-    if isinstance(data, torch.Tensor):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        perm = torch.randperm(data.shape[0], generator=g).to(data.device)
-        return (data[perm[i : i + batch_size]] for i in range(0, data.shape[0], batch_size)), -(-data.shape[0] // batch_size)
+    pair = isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)
+    if pair or isinstance(data, torch.Tensor):
+        x = data[0] if pair else data
+        if pair and x.shape[0] != data[1].shape[0]:
+            raise ConfigError(f"inputs and labels differ in length: {x.shape[0]} vs {data[1].shape[0]}")
+        if shuffle:
+            g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            order = torch.randperm(x.shape[0], generator=g).to(x.device)
+            cuts = [order[i : i + batch_size] for i in range(0, x.shape[0], batch_size)]
+        else:
+            cuts = [slice(i, i + batch_size) for i in range(0, x.shape[0], batch_size)]
+        gen = ((data[0][c], data[1][c]) for c in cuts) if pair else (data[c] for c in cuts)
+        return gen, len(cuts)
     try:
         return data, len(data)
     except TypeError:
-        raise ConfigError(f"training data must be a lowbit TensorDataset, an (inputs, labels) pair of tensors, or a sized "
-                          f"iterable of batches (e.g. a DataLoader); got {type(data).__name__}") from None
+        pass
+    if not shuffle:  # an evaluation pass can stream batches of unknown count (a generator)
+        try:
+            return iter(data), None
+        except TypeError:
+            pass
+    raise ConfigError(f"{what} must be a lowbit TensorDataset, an (inputs, labels) pair of tensors, or a sized "
+                      f"iterable of batches (e.g. a DataLoader); got {type(data).__name__}")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -113,7 +134,13 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def _split(batch: Any, transform_fn: Callable | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def split_batch(batch: Any, transform_fn: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(inputs, labels or None)`` of one batch (after ``transform_fn``): a list / tuple gives its first two
+    items, anything else is inputs without labels.
+
+    >>> split_batch((torch.zeros(2), torch.ones(2)))[1].tolist(), split_batch(torch.zeros(2))[1]
+    ([1.0, 1.0], None)
+    """
     if transform_fn is not None:
         batch = transform_fn(batch)
     if isinstance(batch, list | tuple):
@@ -246,7 +273,7 @@ def _train(model: nn.Module, data: Any, dev: torch.device, *, epochs: int, lr: f
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
     opt = (torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True) if optimizer == "sgd" else torch.optim.AdamW(groups, lr=lr)
            if weight_decay else torch.optim.Adam(groups, lr=lr))
-    _, steps_per_epoch = _batches(data, batch_size, seed, 0)
+    _, steps_per_epoch = minibatches(data, batch_size, seed, 0)
     total = max(1, steps_per_epoch * epochs)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total)))
     learned = [m for m in model.modules() if isinstance(m, LearnedQuant)]
@@ -267,11 +294,11 @@ def _train(model: nn.Module, data: Any, dev: torch.device, *, epochs: int, lr: f
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         model.train()
-        batches, n = _batches(data, batch_size, seed, epoch)
+        batches, n = minibatches(data, batch_size, seed, epoch)
         total_loss, seen = 0.0, 0
         it = track(batches, f"epoch {epoch + 1}/{epochs}", total=n) if progress else batches
         for batch in it:
-            x, y = _split(batch, transform_fn)
+            x, y = split_batch(batch, transform_fn)
             if dev.type != "cpu":
                 x = x.to(dev, non_blocking=True)
                 y = y.to(dev, non_blocking=True) if isinstance(y, torch.Tensor) else y
