@@ -71,18 +71,17 @@ def run(args: argparse.Namespace) -> None:
     model = load_model("fmnist-resnet")
     cfg = DynamicConfig(bits=tuple(int(b) for b in args.bits.split(",")), target_bitops=args.target, hidden=args.hidden, grid=args.grid,
                         epochs=args.epochs, lr=args.lr, batch_size=args.batch, reg_weight=args.reg, seed=args.seed,
-                        trunk=tuple(args.trunk.split("+")) if args.trunk else None)
+                        noise=tuple(float(v) for v in args.noise.split(",")), trunk=tuple(args.trunk.split("+")) if args.trunk else None)
     dyn = prepare(model, cfg, train.subset(cfg.calib_size, seed=0))
-    hist = train_dynamic(dyn, (train.images, train.labels), epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                         target_bitops=cfg.target_bitops, reg_weight=cfg.reg_weight, tau=cfg.tau, seed=cfg.seed,
-                         progress=sys.stderr.isatty())
+    hist = train_dynamic(dyn, (train.images, train.labels), **cfg.train_kwargs(), progress=sys.stderr.isatty())
     r = evaluate_dynamic(dyn, test)
     MODELS.mkdir(parents=True, exist_ok=True)
     save_dynamic(dyn, MODELS / f"{args.run}.safetensors", model_spec="fmnist-resnet")
     conf, pred = model_confidence(model, test.images)
     w4a4 = static_bitops(dyn, (4, 4), ())
     row = {"name": args.run, "kind": "dynamic" if args.hidden else "static-mixed", "bits": list(cfg.bits), "target": cfg.target_bitops,
-           "hidden": cfg.hidden, "grid": cfg.grid, "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "reg_weight": cfg.reg_weight,
+           "hidden": cfg.hidden, "grid": cfg.grid, "noise": list(cfg.noise),
+           "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "reg_weight": cfg.reg_weight,
            "trunk": list(dyn.trunk), "accuracy": r["accuracy"], "mean_bitops": r["mean_bitops"], "fraction_of_w4a4": r["mean_bitops"] / w4a4,
            "mean_fraction": r["mean_fraction"], "controller_bitops": r["controller_bitops"], "controller_share": r["controller_share"],
            "min_bitops": r["min_bitops"], "max_bitops": r["max_bitops"], "train_seconds": hist["seconds"], "history": hist["history"],
@@ -134,6 +133,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--reg", type=float, default=5.0)
     ap.add_argument("--trunk", default="", help="trunk module names joined by '+' (default: the first conv block)")
+    ap.add_argument("--noise", default="1,0", help="Gumbel-noise scale start,end (1,1: plain Gumbel-softmax throughout)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--table", action="store_true")
     ap.add_argument("--report", help="write the HTML report (plots) into this folder")

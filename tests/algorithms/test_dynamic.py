@@ -266,6 +266,26 @@ def test_eval_choices_are_argmax_and_train_choices_are_one_hot_samples():
     assert all(layer.selection is None for layer in dyn.model.modules() if hasattr(layer, "selection"))  # cleared after forward
 
 
+def test_noise_zero_trains_on_the_argmax_choices_and_the_sampled_cost_is_the_measured_one():
+    dyn, x = toy_dyn(n=32)
+    with torch.no_grad():
+        dyn.controller.fc2.weight.mul_(20)
+    dyn.eval()(x)
+    argmax = dyn.last_choice.clone()
+    dyn.train()
+    dyn.noise = 0.0
+    dyn(x)
+    assert torch.equal(dyn.last_choice, argmax)  # no noise: training takes the choices inference takes
+    dyn.noise = 1.0
+    torch.manual_seed(0)
+    dyn(x)
+    assert not torch.equal(dyn.last_choice, argmax)  # with noise: samples
+    cost = dyn.sampled_bitops()
+    torch.testing.assert_close(cost.detach(), dyn.last_bitops.to(cost.dtype))  # its value is the measured BitOPs
+    cost.sum().backward()
+    assert dyn.controller.fc2.weight.grad is not None and dyn.controller.fc2.weight.grad.abs().sum() > 0
+
+
 def test_selections_are_cleared_when_the_forward_fails():
     dyn, x = toy_dyn()
     last = dyn.model.get_submodule("body.2")
@@ -426,6 +446,8 @@ def test_config_round_trips_and_normalizes():
     ({"tau": [0.5, 5.0]}, "tau"),
     ({"tau": [1.0]}, "tau"),
     ({"tau": [1.0, 0.0]}, "tau"),
+    ({"noise": [1.0, -0.5]}, "noise"),
+    ({"noise": 1.0}, "noise"),
     ({"trunk": []}, "trunk"),
     ({"trunk": "stem"}, "trunk"),
     ({"trunk": ["stem", "stem"]}, "more than once"),
@@ -593,6 +615,9 @@ def test_train_dynamic_errors():
         train_dynamic(dyn, (x, y), target_bitops=0.01, progress=False)
     with pytest.raises(ConfigError, match="tau"):
         train_dynamic(dyn, (x, y), tau=(0.5, 2.0), progress=False)
+    for bad in ((1.0, float("nan")), (-1.0, 0.0), 1.0):
+        with pytest.raises(ConfigError, match="noise"):
+            train_dynamic(dyn, (x, y), noise=bad, progress=False)
     with pytest.raises(ConfigError, match="needs labels"):
         train_dynamic(dyn, x, epochs=1, progress=False)
     with pytest.raises(ConfigError, match="DynamicQuantModel"):

@@ -53,6 +53,8 @@ class DynamicConfig(Config):
             what the fixed layers and the controller cost (:func:`prepare` checks the exact range).
         reg_weight: ``lambda`` in ``loss = task + lambda (E[BitOPs] / target - 1)^2``.
         tau: Gumbel-softmax temperature ``(start, end)``, annealed geometrically per step.
+        noise: Gumbel-noise scale ``(start, end)``, annealed linearly per step (``(1, 0)``: training ends on
+            the argmax choices inference takes; ``(1, 1)``: plain Gumbel-softmax throughout).
         hidden: hidden width of the controller's two-layer MLP; ``0``: no controller input, one learned
             choice per layer for every sample (static mixed precision from the same search, the baseline).
         grid: the controller pools the trunk's features over a ``grid x grid`` split of the image
@@ -76,6 +78,7 @@ class DynamicConfig(Config):
     target_bitops: float = 0.5
     reg_weight: float = 5.0
     tau: tuple[float, float] = (5.0, 0.5)
+    noise: tuple[float, float] = (1.0, 0.0)
     hidden: int = 64
     grid: int = 1
     trunk: tuple[str, ...] | None = None
@@ -110,6 +113,10 @@ class DynamicConfig(Config):
         if len(tau) != 2 or not all(_is_real(v) and v > 0 for v in tau) or tau[1] > tau[0]:
             raise ConfigError(f"tau must be [start, end] temperatures with start >= end > 0, got {self.tau!r}")
         object.__setattr__(self, "tau", (float(tau[0]), float(tau[1])))
+        noise = tuple(self.noise) if isinstance(self.noise, list | tuple) else ()
+        if len(noise) != 2 or not all(_is_real(v) and v >= 0 for v in noise):
+            raise ConfigError(f"noise must be [start, end] Gumbel-noise scales >= 0, got {self.noise!r}")
+        object.__setattr__(self, "noise", (float(noise[0]), float(noise[1])))
         if self.trunk is not None:
             tr = self.trunk
             if isinstance(tr, str) or not isinstance(tr, list | tuple) or not tr or not all(isinstance(n, str) and n for n in tr):
@@ -153,5 +160,5 @@ class DynamicConfig(Config):
         1
         """
         return {"epochs": self.epochs, "lr": self.lr, "controller_lr": self.controller_lr, "batch_size": self.batch_size,
-                "target_bitops": self.target_bitops, "reg_weight": self.reg_weight, "tau": self.tau,
+                "target_bitops": self.target_bitops, "reg_weight": self.reg_weight, "tau": self.tau, "noise": self.noise,
                 "temperature": self.temperature, "distill_weight": self.distill_weight, "seed": self.seed}

@@ -255,7 +255,8 @@ class DynamicQuantModel(nn.Module):
         self.controller.pool(h)  # a grid the trunk's output cannot be split into fails here, with the fix
         self.tau = 1.0
         self.detach_trunk = True
-        self.last_logits = self.last_probs = self.last_choice = self.last_bits = self.last_bitops = None
+        self.last_logits = self.last_probs = self.last_sel = self.last_choice = self.last_bits = self.last_bitops = None
+        self.noise = 1.0
 
     # -- construction helpers ----------------------------------------------------------------
     @staticmethod
@@ -341,8 +342,10 @@ class DynamicQuantModel(nn.Module):
             if "sel" in state:
                 raise UnsupportedError(f"the trunk's last module {self.cut!r} ran twice in one forward")
             logits = self.controller(out.detach() if self.detach_trunk else out)
-            if self.training:
-                sel = F.gumbel_softmax(logits, tau=self.tau, hard=True, dim=-1)
+            if self.training:  # straight-through Gumbel sample, the noise scaled by self.noise (1: F.gumbel_softmax)
+                g = -torch.empty_like(logits).exponential_().log()
+                soft = ((logits + self.noise * g) / self.tau).softmax(-1)
+                sel = F.one_hot(soft.argmax(-1), len(self.bits)).to(soft.dtype) - soft.detach() + soft
             else:
                 sel = F.one_hot(logits.argmax(-1), len(self.bits)).to(logits.dtype)
             for i, layer in enumerate(dyn):
@@ -363,7 +366,9 @@ class DynamicQuantModel(nn.Module):
         probs = torch.softmax(logits, -1)
         # the graph is kept only while it can serve a loss (training with autograd on); a stored non-leaf
         # tensor would also make the model impossible to deepcopy
-        self.last_probs = probs if self.training and torch.is_grad_enabled() else probs.detach()
+        keep = self.training and torch.is_grad_enabled()
+        self.last_probs = probs if keep else probs.detach()
+        self.last_sel = state["sel"] if keep else state["sel"].detach()
         self.last_choice = state["sel"].detach().argmax(-1)
         self.last_bits = torch.tensor(self.bits, device=logits.device)[self.last_choice]
         table = self.cost_table(device=logits.device)
@@ -418,6 +423,15 @@ class DynamicQuantModel(nn.Module):
         table = self.cost_table(device=p.device).to(p.dtype if p.is_floating_point() else torch.float32) * scale
         const = (self.fixed_bitops() + self.controller_bitops()) * scale
         return (p * table).sum((1, 2)) + const
+
+    def sampled_bitops(self, *, normalized: bool = False) -> torch.Tensor:
+        """BitOPs of the choices taken in the last forward, per sample ``[B]``: the value of
+        :attr:`last_bitops`, differentiable through the straight-through selection (training), so a
+        budget on it constrains what the model actually runs, whatever the Gumbel noise."""
+        if self.last_sel is None:
+            raise UnsupportedError("no selection yet: run a forward first")
+        sel = self.last_sel
+        return self.expected_bitops(sel if sel.is_floating_point() else sel.float(), normalized=normalized)
 
     def summary(self) -> dict:
         """Structure and costs: trunk, cut, layers, candidates, BitOPs reference / range / controller."""
