@@ -702,12 +702,14 @@ def test_load_rejects_missing_foreign_corrupt_and_mismatched_files(tmp_path):
         load_dynamic(good, model=FmnistMLP())
 
 
-@pytest.mark.parametrize("name,bits", [("dynamic-b23456", (2, 3, 4, 5, 6)), ("dynamic-b468", (4, 6, 8))])
-def test_recipes_load_as_dynamic_configs_reachable_on_the_resnet(fmnist_calib, name, bits):
+@pytest.mark.parametrize("name,bits,target", [("dynamic-b23456", (2, 3, 4, 5, 6), 0.5), ("dynamic-b468", (4, 6, 8), 0.5),
+                                              ("dynamic-b1234", (1, 2, 3, 4), 0.19)])
+def test_recipes_load_as_dynamic_configs_reachable_on_the_resnet(fmnist_calib, name, bits, target):
     import lowbit
 
     cfg = lowbit.load_recipe(name)
-    assert isinstance(cfg, DynamicConfig) and cfg.bits == bits and cfg.target_bitops == 0.5 and cfg.description
+    assert isinstance(cfg, DynamicConfig) and cfg.bits == bits and cfg.target_bitops == target and cfg.description
+    assert cfg.noise == (1.0, 0.0) and cfg.batch_size == 64
     assert name in lowbit.list_recipes()
     dyn = prepare(load_model("fmnist-resnet"), cfg.replace(calib_size=16), fmnist_calib)  # prepare checks the target exactly
     lo, hi = dyn.bitops_range()
