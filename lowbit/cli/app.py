@@ -771,10 +771,9 @@ def eval_cmd(
     from ..zoo.resolve import load_model_spec
 
     if model.endswith(".safetensors") and Path(model).is_file():
-        from ..algorithms.dynamic import evaluate_dynamic, load_dynamic, read_manifest
+        from ..algorithms.dynamic import evaluate_dynamic, load_dynamic
 
-        spec = read_manifest(model).get("model")  # a clear error when the file is not a dynamic model
-        dyn = load_dynamic(model, model=load_model_spec(spec, weights) if spec else None)
+        dyn = load_dynamic(model)  # the architecture from the recorded spec, every value from the file; clear errors otherwise
         r = evaluate_dynamic(dyn, load_fashion_mnist("test", data_dir))
         typer.echo(json.dumps({"model": model, "accuracy": round(r["accuracy"], 4), "mean_bitops": r["mean_bitops"],
                                "mean_fraction": round(r["mean_fraction"], 6), "controller_share": round(r["controller_share"], 6)}))

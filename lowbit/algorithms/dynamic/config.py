@@ -47,7 +47,7 @@ class DynamicConfig(Config):
 
     Attributes:
         bits: candidate widths ``b_1 < ... < b_K`` (weights and activations of a dynamic layer use the
-            same candidate), integers in 2..8, at least two.
+            same candidate), integers in 1..16 (1: binary weights), at least two.
         target_bitops: the average BitOPs budget as a fraction of the static model with every dynamic
             layer at ``b_K`` (in (0, 1]); at least ``(b_1 / b_K)^2``, and on a real model at least
             what the fixed layers and the controller cost (:func:`prepare` checks the exact range).
@@ -61,7 +61,7 @@ class DynamicConfig(Config):
             (1: global average; 2 keeps coarse position: ``C * 4`` inputs, 4x the first layer's MACs).
         trunk: module names of the trunk (the controller's input; run at ``fixed_bits``); ``None``:
             the first conv block.
-        fixed_bits: width of the trunk's layers and of the classifier (2..8).
+        fixed_bits: width of the trunk's layers and of the classifier (2..16).
         observer: observer that initializes every candidate's steps (``mse``, ``minmax``, ...).
         epochs, lr, batch_size: training (Adam, half-cosine learning-rate decay per step).
         controller_lr: the controller's learning rate (``None``: ``10 * lr``; the network is fine-tuned,

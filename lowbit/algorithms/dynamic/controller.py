@@ -4,10 +4,10 @@ For a trunk feature map ``h`` of shape ``[B, C, H, W]`` (or ``[B, C]``)::
 
     v      = (pool_g(h) - mu) / sigma                    [B, C g^2]  (mu, sigma: per-feature calibration statistics)
     logits = W_2 relu(W_1 v + c_1) + c_2                 [B, L * K] -> [B, L, K]
+    p_jl   = softmax_k(logits_jl)                        probability of candidate k at dynamic layer l
 
 ``pool_g`` averages ``h`` over a ``g x g`` grid of regions (``g = 1``: global average pooling; ``g = 2``
 keeps where in the image the features are, which tells the controller more about the input's class).
-    p_jl   = softmax_k(logits_jl)                        probability of candidate k at dynamic layer l
 
 The trunk (the first layers of the main network) is shared, not duplicated: it runs once per forward
 as part of the network (:class:`~lowbit.algorithms.dynamic.DynamicQuantModel`), so the controller's

@@ -242,7 +242,7 @@ class DynamicQuantLayer(nn.Module):
         if sel.ndim != 2 or sel.shape != (x.shape[0], len(self.bits)):
             raise ConfigError(f"selection must have shape [batch, K] = [{x.shape[0]}, {len(self.bits)}], got {list(sel.shape)}")
         sel = sel.to(x.dtype)
-        if not sel.requires_grad and _is_one_hot(sel):
+        if not sel.requires_grad and _is_one_hot(sel, tol=0.0):
             return self._record(self._grouped(x, sel.argmax(1)))
         return self._record(self._mixed(x, sel))
 
@@ -252,9 +252,8 @@ class DynamicQuantLayer(nn.Module):
         A straight-through sample (``sel`` one-hot in value, e.g. ``gumbel_softmax(hard=True)``) takes
         the cheap exact path :meth:`_straight_through`; a soft selection sums every candidate in use.
         """
-        hard = sel.detach()
-        if hard.shape[1] > 1 and bool(((hard - F.one_hot(hard.argmax(1), hard.shape[1])).abs() <= ONE_HOT_TOL).all()):
-            return self._straight_through(x, sel, hard.argmax(1))
+        if _is_one_hot(sel.detach(), tol=ONE_HOT_TOL):
+            return self._straight_through(x, sel, sel.detach().argmax(1))
         return self._soft(x, sel)
 
     def _straight_through(self, x: torch.Tensor, sel: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
@@ -370,8 +369,9 @@ class _CarrySelectionGrad(torch.autograd.Function):
 ONE_HOT_TOL = 1e-5
 
 
-def _is_one_hot(sel: torch.Tensor) -> bool:
-    return bool(((sel == 0) | (sel == 1)).all() & (sel.sum(1) == 1).all())
+def _is_one_hot(sel: torch.Tensor, tol: float) -> bool:
+    """Every row one-hot to within ``tol`` per entry (``tol = 0``: exactly)."""
+    return bool(((sel - F.one_hot(sel.argmax(1), sel.shape[1]).to(sel.dtype)).abs() <= tol).all())
 
 
 class DynamicQuantConv2d(DynamicQuantLayer):

@@ -174,7 +174,7 @@ class DynamicQuantModel(nn.Module):
         model: the float network (``nn.Module`` taking one input tensor).
         example: an input batch (one sample is enough) for the dry run that checks the split and
             measures the layers.
-        bits: candidate widths of the dynamic layers, increasing, in 2..8.
+        bits: candidate widths of the dynamic layers, increasing, in 1..16.
         trunk: module names of the trunk (default: the first conv block, see the module docstring).
         hidden: the controller MLP's hidden width (0: one static choice for every input).
         grid: the controller pools the trunk features over a ``grid x grid`` split (1: global average).
@@ -430,8 +430,7 @@ class DynamicQuantModel(nn.Module):
         budget on it constrains what the model actually runs, whatever the Gumbel noise."""
         if self.last_sel is None:
             raise UnsupportedError("no selection yet: run a forward first")
-        sel = self.last_sel
-        return self.expected_bitops(sel if sel.is_floating_point() else sel.float(), normalized=normalized)
+        return self.expected_bitops(self.last_sel, normalized=normalized)
 
     def summary(self) -> dict:
         """Structure and costs: trunk, cut, layers, candidates, BitOPs reference / range / controller."""

@@ -64,8 +64,7 @@ def minibatches(data: Any, batch_size: int, seed: int = 0, epoch: int = 0, *, sh
     labels)`` tensor pair or a tensor of inputs is cut into ``batch_size`` slices, in an order shuffled by a
     generator seeded with ``(seed, epoch)`` (``shuffle=False``: in order); any other sized iterable of
     batches is iterated as it is (it shuffles itself, e.g. a DataLoader; with ``shuffle=False`` an unsized
-    iterable too, count ``None``). Shared by the QAT and dynamic
-    trainers and their evaluations.
+    iterable too, count ``None``). Shared by the QAT and dynamic trainers and their evaluations.
 
     Example:
         >>> x, y = torch.arange(5.0), torch.arange(5)
