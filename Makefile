@@ -12,7 +12,7 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,onnx,openvino,transformers,binary]'
+	$(PY) -m pip install -q -e '.[dev,onnx,openvino,transformers,binary,compress]'
 	touch $(STAMP)
 
 data:

@@ -55,6 +55,8 @@ from .export import CheckpointError as CheckpointError
 from .export import export_onnx as export_onnx
 from .export import load as load
 from .export import save as save
+from .export.compressed import load_compressed as load_compressed
+from .export.compressed import save_compressed as save_compressed
 from .observe import calibrating as calibrating
 from .quant import (
     Affine as Affine,
@@ -83,6 +85,8 @@ __version__ = "0.1.0"
 
 # algorithms that register themselves with quantize_ on import (after .api exists)
 from .algorithms.adaround import AdaRoundConfig as AdaRoundConfig  # noqa: E402
+from .algorithms.deep_compression import DeepCompressionConfig as DeepCompressionConfig  # noqa: E402
+from .algorithms.deep_compression import compress as compress  # noqa: E402
 from .algorithms.distill import distillation_loss as distillation_loss  # noqa: E402
 from .algorithms.dynamic import DynamicConfig as DynamicConfig  # noqa: E402
 from .algorithms.dynamic import DynamicQuantModel as DynamicQuantModel  # noqa: E402
@@ -92,5 +96,9 @@ from .algorithms.dynamic import prepare_dynamic as prepare_dynamic  # noqa: E402
 from .algorithms.dynamic import save_dynamic as save_dynamic  # noqa: E402
 from .algorithms.dynamic import train_dynamic as train_dynamic  # noqa: E402
 from .algorithms.iterative import IterativeConfig as IterativeConfig  # noqa: E402
+from .algorithms.pruning import PruneConfig as PruneConfig  # noqa: E402
+from .algorithms.pruning import StructuredPruneConfig as StructuredPruneConfig  # noqa: E402
+from .algorithms.pruning import prune as prune  # noqa: E402
+from .algorithms.pruning import pruning_sensitivity as pruning_sensitivity  # noqa: E402
 from .algorithms.qat import QATConfig as QATConfig  # noqa: E402
 from .algorithms.qat import train as train  # noqa: E402

@@ -37,6 +37,7 @@ from .granularity import PerTensor as PerTensor
 from .nonuniform import codebook_indices as codebook_indices
 from .nonuniform import codebook_quantize as codebook_quantize
 from .nonuniform import kmeans_codebook as kmeans_codebook
+from .nonuniform import lloyd_1d as lloyd_1d
 from .nonuniform import pot_levels as pot_levels
 from .nonuniform import pot_quantize as pot_quantize
 from .nonuniform import pot_scale as pot_scale

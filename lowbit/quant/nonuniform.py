@@ -290,19 +290,40 @@ def kmeans_codebook(w: torch.Tensor, bits: int, iters: int = 30, init: torch.Ten
     if w.numel() == 0:
         raise ConfigError("kmeans_codebook: w is empty; there is nothing to cluster")
     k = 2**bits
-    dtype = _compute_dtype(w)
-    x = w.detach().reshape(-1).to(dtype)
+    x = w.detach().reshape(-1)
     if not bool(torch.isfinite(x).all()):
         raise ConfigError("kmeans_codebook: w has NaN or inf entries; k-means needs finite weights")
     if init is None:
-        cb = torch.linspace(0, 1, k, dtype=torch.float64, device=x.device)
-        cb = (x.min().double() + cb * (x.max().double() - x.min().double())).to(dtype)
+        lo, hi = x.min().double(), x.max().double()
+        start = (lo + torch.linspace(0, 1, k, dtype=torch.float64, device=x.device) * (hi - lo))
     else:
-        cb = torch.sort(_check_codebook("kmeans_codebook", init, k).to(x.device, dtype)).values
-    xd = x.double()
+        start = _check_codebook("kmeans_codebook", init, k)
+    cb, idx = lloyd_1d(x, start, iters)
+    return cb, idx.reshape(w.shape)
+
+
+def lloyd_1d(x: torch.Tensor, init: torch.Tensor, iters: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means on the values of ``x`` from the centroids ``init`` (any count ``K >= 1``): assign
+    each value to its nearest centroid (ties to the smaller), move each centroid to the mean of its values
+    (float64 sums); an empty cluster keeps its centroid. At most ``iters`` rounds, stopping at a fixed point.
+
+    Returns ``(codebook ascending (K,), indices int64 of x.shape)``; the codebook has ``x``'s compute dtype
+    (float32, or float64 for float64 input).
+
+    Example:
+        >>> import torch
+        >>> cb, idx = lloyd_1d(torch.tensor([1.0, 1.2, 5.0, 5.4, 9.0]), torch.tensor([0.0, 4.0, 8.0]))
+        >>> [round(c, 3) for c in cb.tolist()], idx.tolist()
+        ([1.1, 5.2, 9.0], [0, 0, 1, 1, 2])
+    """
+    dtype = _compute_dtype(x)
+    flat = x.detach().reshape(-1).to(dtype)
+    cb = torch.sort(init.detach().to(flat.device, dtype).reshape(-1)).values
+    k = cb.numel()
+    xd = flat.double()
     for _ in range(iters):
-        idx = _nearest_sorted(x, cb)
-        sums = torch.zeros(k, dtype=torch.float64, device=x.device).index_add_(0, idx, xd)
+        idx = _nearest_sorted(flat, cb)
+        sums = torch.zeros(k, dtype=torch.float64, device=flat.device).index_add_(0, idx, xd)
         counts = torch.bincount(idx, minlength=k)
         new = torch.where(counts > 0, (sums / counts.clamp_min(1)).to(dtype), cb)
         # 1-d Lloyd keeps the centroids ordered; sorting only guards float ties.
@@ -310,7 +331,7 @@ def kmeans_codebook(w: torch.Tensor, bits: int, iters: int = 30, init: torch.Ten
         if torch.equal(new, cb):
             break
         cb = new
-    return cb, _nearest_sorted(x, cb).reshape(w.shape)
+    return cb, _nearest_sorted(flat, cb).reshape(x.shape)
 
 
 def codebook_indices(w: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:

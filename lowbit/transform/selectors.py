@@ -59,3 +59,25 @@ def resolve(sel: Select, model: nn.Module, candidates: list[str]) -> list[str]:
             f"{candidates[:12]}{' ...' if len(candidates) > 12 else ''}"
         )
     return out
+
+
+def select_layers(model: nn.Module, candidates: list[str], layers: tuple[Select, ...] = (), exclude: tuple[Select, ...] = ()) -> list[str]:
+    """``candidates`` (in their order) kept by the ``layers`` selectors (all when empty) minus the ``exclude``
+    ones; every selector must match something unless it is ``optional``.
+
+    Example:
+        >>> import torch
+        >>> m = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+        >>> select_layers(m, ["0", "2"], exclude=(Select(type="Linear"),))
+        ['0']
+    """
+    chosen = list(candidates)
+    if layers:
+        picked: set[str] = set()
+        for sel in layers:
+            picked.update(resolve(sel, model, candidates))
+        chosen = [c for c in candidates if c in picked]
+    for sel in exclude:
+        dropped = set(resolve(sel, model, candidates))
+        chosen = [c for c in chosen if c not in dropped]
+    return chosen

@@ -11,7 +11,7 @@ from ...errors import ConfigError, UnsupportedError
 from ...nn import QUANT_MODULES
 from ...quant import PerGroup, PerTensor
 from ...quant.granularity import largest_divisor_at_most
-from ...transform import FoldBatchNorm, quantizable_layers, quantize_functional_ops, resolve, set_submodule
+from ...transform import FoldBatchNorm, quantizable_layers, quantize_functional_ops, resolve, select_layers, set_submodule
 from .config import PTQConfig
 
 
@@ -21,15 +21,7 @@ def _layer_specs(model: nn.Module, config: PTQConfig) -> dict[str, dict]:
         raise UnsupportedError(
             f"{type(model).__name__} has no quantizable layer (lowbit quantizes {sorted(t.__name__ for t in QUANT_MODULES)})"
         )
-    chosen = candidates
-    if config.layers:
-        picked: set[str] = set()
-        for sel in config.layers:
-            picked.update(resolve(sel, model, candidates))
-        chosen = [c for c in candidates if c in picked]
-    for sel in config.exclude:
-        dropped = set(resolve(sel, model, candidates))
-        chosen = [c for c in chosen if c not in dropped]
+    chosen = select_layers(model, candidates, config.layers, config.exclude)
     specs = {n: {"weight": config.weight, "activation": config.activation} for n in chosen}
     for ov in config.overrides:
         for n in resolve(ov.select, model, candidates):

@@ -214,11 +214,14 @@ def train(
     transform_fn: Callable[[Any], Any] | None = None,
     progress: bool = True,
     device: str | torch.device | None = None,
+    step_hook: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Train ``model`` in place (see the module docstring). Returns ``{"history": [...], "seconds": s,
     "resumed_from": epoch or None, "device": name}``; each history entry has ``epoch, loss, lr, seconds``
     and ``val_accuracy`` when ``val_data`` is given. ``device`` trains on an accelerator (module
-    docstring); the model is back on the CPU when this returns.
+    docstring); the model is back on the CPU when this returns. ``step_hook(step, total)``, when given, runs
+    before every optimizer step's forward pass (``step`` counts from 0 over the whole run, ``total`` steps in
+    all) — e.g. a pruning schedule that updates the masks as training goes.
 
     Raises:
         ConfigError: bad hyper-parameters, data of an unknown shape, batches without labels when the
@@ -253,7 +256,8 @@ def train(
     try:
         return _train(model, data, dev, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, weight_decay=weight_decay,
                       teacher=teacher, temperature=temperature, distill_weight=distill_weight, val_data=val_data, checkpoint=checkpoint,
-                      resume=resume, fingerprint=fingerprint, seed=seed, transform_fn=transform_fn, progress=progress)
+                      resume=resume, fingerprint=fingerprint, seed=seed, transform_fn=transform_fn, progress=progress,
+                      step_hook=step_hook)
     finally:
         if dev.type != "cpu":
             model.to("cpu")
@@ -264,7 +268,7 @@ def train(
 def _train(model: nn.Module, data: Any, dev: torch.device, *, epochs: int, lr: float, batch_size: int, optimizer: str,
            weight_decay: float, teacher: nn.Module | None, temperature: float, distill_weight: float, val_data: Any,
            checkpoint: str | os.PathLike | None, resume: bool, fingerprint: dict | None, seed: int,
-           transform_fn: Callable[[Any], Any] | None, progress: bool) -> dict:
+           transform_fn: Callable[[Any], Any] | None, progress: bool, step_hook: Callable[[int, int], None] | None = None) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     quant_params = {id(p) for m in model.modules() if isinstance(m, LearnedQuant) for p in m.parameters(recurse=False)}
     decay = [p for n, p in model.named_parameters() if p.requires_grad and id(p) not in quant_params and n.endswith("weight")]
@@ -305,6 +309,8 @@ def _train(model: nn.Module, data: Any, dev: torch.device, *, epochs: int, lr: f
                 raise CalibrationError("a training batch holds NaN/Inf values; clean the data first")
             for m in learned:
                 m.set_progress(sched.last_epoch / total)
+            if step_hook is not None:
+                step_hook(sched.last_epoch, total)
             out = model(x)
             loss = task_loss(out, x, y, teacher, temperature=temperature, weight=distill_weight)
             regs = [r for m in learned if (r := m.regularization()) is not None]
