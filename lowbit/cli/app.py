@@ -1,4 +1,4 @@
-"""``lowbit`` CLI: quantize, eval, qat, dynamic train|eval, zoo list|train, recipes, demo.
+"""``lowbit`` CLI: quantize, eval, qat, dynamic train|eval, prune, lowrank, compress, zoo list|train, recipes, demo.
 
 Every lowbit error is printed as one line (``error: ...``) with exit status 2.
 """
@@ -765,11 +765,20 @@ def eval_cmd(
     data_dir: str | None = typer.Option(None, help="Fashion-MNIST folder"),
 ) -> None:
     """Top-1 accuracy of MODEL on the Fashion-MNIST test set (a dynamic model file from ``lowbit dynamic
-    train --out`` also gives its measured average BitOPs)."""
+    train --out`` also gives its measured average BitOPs; a compressed ``.lbc`` file from ``lowbit prune`` /
+    ``lowbit compress --out`` its size and nonzero parameters)."""
     from ..api import evaluate
     from ..data import load_fashion_mnist
     from ..zoo.resolve import load_model_spec
 
+    if model.endswith(".lbc"):
+        from ..export.compressed import load_compressed
+
+        m = load_compressed(model)  # the architecture from the recorded spec and module shapes, every weight from the file
+        acc = evaluate(m, load_fashion_mnist("test", data_dir), progress="evaluating")
+        typer.echo(json.dumps({"model": model, "accuracy": round(acc, 4), "parameters": sum(p.numel() for p in m.parameters()),
+                               "nonzero": sum(int((p != 0).sum()) for p in m.parameters()), "file_bytes": Path(model).stat().st_size}))
+        return
     if model.endswith(".safetensors") and Path(model).is_file():
         from ..algorithms.dynamic import evaluate_dynamic, load_dynamic
 
@@ -859,6 +868,10 @@ def demo(
     _console().print(t)
     paths = write_report(results, out)
     typer.echo(f"report: {paths['html']}")
+
+
+# the compression commands (prune, lowrank, compress) live in their own module and register on this app
+from . import compress as _compress_commands  # noqa: E402,F401
 
 
 def run() -> None:

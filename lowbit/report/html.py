@@ -356,3 +356,104 @@ def write_dynamic_report(dyn: dict, out_dir: str | Path, stem: str = "dynamic") 
     atomic_write_text(paths["json"], json.dumps(dyn, indent=1, default=float) + "\n")
     atomic_write_text(paths["html"], "".join(parts))
     return paths
+
+
+def _layer_keep(result: dict) -> list[tuple[str, float]]:
+    """Per layer / group the fraction kept (weights for unstructured, channels for structured, MACs for low-rank)."""
+    d = result.get("details") or {}
+    if "groups" in d:
+        return [(g["root"], g["kept"] / g["channels"]) for g in d["groups"]]
+    sp = d.get("sparsity") or {}
+    if "layers" in sp:
+        return [(n, 1 - s) for n, s in sp["layers"].items()]
+    if d.get("layers") and isinstance(d["layers"], list) and "macs_after" in d["layers"][0]:
+        return [(r["name"], r["macs_after"] / max(1, r["macs_before"])) for r in d["layers"]]
+    return []
+
+
+def compression_plots(results: list[dict]) -> list[tuple[str, str]]:
+    """Accuracy vs stored size (every result), Deep Compression's size per stage, the fraction kept per layer."""
+    plt = _plt()
+    out = []
+    if results:
+        fig, ax = plt.subplots(figsize=(5.5, 3.4))
+        r0 = results[0]
+        ax.scatter([r0["size_bytes"]["fp32"] / 1024], [r0["fp32_accuracy"]], marker="*", s=120, color="black", label="fp32")
+        for r in results:
+            ax.scatter([r["size_bytes"]["compressed"] / 1024], [r["accuracy"]])
+            ax.annotate(r.get("name", r["method"]), (r["size_bytes"]["compressed"] / 1024, r["accuracy"]), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("stored size, KiB (log)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend(fontsize=7)
+        out.append(("accuracy vs stored size", _png(fig)))
+    for r in results:
+        stages = (r.get("details") or {}).get("stages")
+        if stages:
+            fig, ax = plt.subplots(figsize=(5, 3))
+            ax.bar([s["stage"] for s in stages], [s["file_bytes"] / 1024 for s in stages], color="#4a7")
+            for i, s in enumerate(stages):
+                ax.annotate(f"{s['ratio']:.1f}x", (i, s["file_bytes"] / 1024), ha="center", fontsize=8)
+            ax.set_yscale("log")
+            ax.set_ylabel("file size, KiB (log)")
+            out.append((f"{r.get('name', r['method'])}: size after each stage", _png(fig)))
+        keep = _layer_keep(r)
+        if keep:
+            fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(keep)), 3))
+            ax.bar(range(len(keep)), [k for _, k in keep])
+            ax.set_xticks(range(len(keep)))
+            ax.set_xticklabels([n for n, _ in keep], rotation=70, fontsize=7)
+            ax.set_ylim(0, 1)
+            ax.set_ylabel("fraction kept")
+            out.append((f"{r.get('name', r['method'])}: kept per layer", _png(fig)))
+    return out
+
+
+def write_compression_report(results: list[dict], out_dir: str | Path, stem: str = "compression") -> dict[str, Path]:
+    """Write ``<stem>.json`` and a self-contained ``<stem>.html`` for compression results
+    (:func:`lowbit.report.compression.measure_compression` records): summary table, per-stage sizes,
+    :func:`compression_plots`.
+
+    Example:
+        >>> import tempfile
+        >>> r = {"model": "m", "method": "prune", "fp32_accuracy": 93.6, "accuracy": 93.1, "accuracy_drop_pp": 0.5,
+        ...      "parameters": {"before": 100, "after": 100, "nonzero_after": 10}, "macs": {"before": 10, "after": 10, "ratio": 1.0},
+        ...      "size_bytes": {"fp32": 400, "compressed": 60, "ratio": 6.7}, "details": {}}
+        >>> paths = write_compression_report([r], tempfile.mkdtemp())
+        >>> sorted(paths), "accuracy vs stored size" in paths["html"].read_text()
+        (['html', 'json'], True)
+    """
+    esc = html.escape
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / f"{stem}.json", "html": out / f"{stem}.html"}
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>lowbit compression</title><style>",
+             "body{font-family:sans-serif;margin:2em;max-width:1300px}table{border-collapse:collapse;font-size:13px}",
+             "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#eee}td:first-child{text-align:left}",
+             f"</style></head><body><h1>{esc(str(results[0]['model']) if results else '')}: compression</h1>",
+             "<table><tr><th>result</th><th>accuracy %</th><th>vs float pp</th><th>params kept</th><th>MACs</th><th>file KiB</th>"
+             "<th>x smaller</th><th>latency ratio</th></tr>"]
+    for r in results:
+        p = r["parameters"]
+        lat = r.get("latency")
+        parts.append(f"<tr><td>{esc(str(r.get('name', r['method'])))}</td><td>{r['accuracy']:.2f}</td><td>{-r['accuracy_drop_pp']:+.2f}</td>"
+                     f"<td>{p['nonzero_after'] / p['before']:.3f}</td><td>{r['macs']['ratio']:.3f}</td>"
+                     f"<td>{r['size_bytes']['compressed'] / 1024:.1f}</td><td>{r['size_bytes']['ratio']:.1f}</td>"
+                     f"<td>{'-' if not lat else format(lat['ratio'], '.3f')}</td></tr>")
+    parts.append("</table>")
+    for r in results:
+        stages = (r.get("details") or {}).get("stages")
+        if stages:
+            parts.append(f"<h2>{esc(str(r.get('name', r['method'])))}: stages</h2><table><tr><th>stage</th><th>file bytes</th>"
+                         "<th>x smaller</th><th>accuracy %</th></tr>")
+            for s in stages:
+                acc = s.get("accuracy")
+                parts.append(f"<tr><td>{esc(s['stage'])}</td><td>{s['file_bytes']}</td><td>{s['ratio']:.1f}</td>"
+                             f"<td>{'-' if acc is None else format(acc, '.2f')}</td></tr>")
+            parts.append("</table>")
+    for title, img in compression_plots(results):
+        parts.append(f"<h2>{esc(title)}</h2><img src='{img}'><br>")
+    parts.append("</body></html>")
+    atomic_write_text(paths["json"], json.dumps(results, indent=1, default=float) + "\n")
+    atomic_write_text(paths["html"], "".join(parts))
+    return paths
