@@ -8,8 +8,11 @@ Example:
 
 from .algorithms.aciq import ACIQConfig as ACIQConfig
 from .algorithms.dfq import DFQConfig as DFQConfig
+from .algorithms.mixed_precision import JointPlan as JointPlan
 from .algorithms.mixed_precision import Plan as Plan
 from .algorithms.mixed_precision import SensitivityReport as SensitivityReport
+from .algorithms.mixed_precision import joint_search as joint_search
+from .algorithms.mixed_precision import joint_sensitivity as joint_sensitivity
 from .algorithms.mixed_precision import layer_sensitivity as layer_sensitivity
 from .algorithms.mixed_precision import search_bit_widths as search_bit_widths
 from .algorithms.ptq import PTQConfig as PTQConfig

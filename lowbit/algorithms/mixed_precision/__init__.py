@@ -4,6 +4,10 @@ a differentiable (DNAS-style) search as the second method; accuracy-aware tuning
 
 from .dnas import DnasResult as DnasResult
 from .dnas import dnas_search as dnas_search
+from .joint import JointPlan as JointPlan
+from .joint import JointReport as JointReport
+from .joint import joint_search as joint_search
+from .joint import joint_sensitivity as joint_sensitivity
 from .latency import LatencyTable as LatencyTable
 from .latency import LatencyTableMismatch as LatencyTableMismatch
 from .latency import cached_latency_table as cached_latency_table
