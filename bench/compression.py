@@ -11,6 +11,7 @@ pruning, low-rank) the ONNX Runtime fp32 latency ratio measured in the same run 
     python bench/compression.py --run share-b2 --method dc --sparsity 0 --bits 2 --epochs 0      # quantization only
     python bench/compression.py --run channels-taylor-50 --method structured --criterion taylor --mac-ratio 0.5
     python bench/compression.py --run lowrank-tucker-e90 --method lowrank --energy 0.9
+    python bench/compression.py --run joint-size-25 --method joint --budget 0.25      # 1/4 of the W8 weight bytes
     python bench/compression.py --table
 
 Writes bench/results/compression.json (one entry per --run, replaced when re-run); --table prints the
@@ -76,6 +77,23 @@ def run(args: argparse.Namespace) -> dict:
         info["config"] = cfg.to_dict()
         model.lowbit_info = info
         latency = True
+    elif args.method == "joint":
+        from lowbit.algorithms.mixed_precision.joint import _Costs, joint_search, joint_sensitivity
+
+        scan = train.subset(1024, seed=2)
+        rep = joint_sensitivity(model, scan, ratios=(0.0, 0.25, 0.5, 0.75), bits=(2, 4, 8), max_samples=1024)
+        import numpy as np
+
+        full = _Costs(rep).evaluate(np.zeros((1, len(rep.groups)), dtype=int), np.full((1, len(rep.layers)), rep.bits.index(8)))
+        budget = {"size": float(full["size"][0]) * args.budget}
+        plan = joint_search(rep, budget)
+        print(json.dumps(plan.to_dict(), indent=1))
+        model = lowbit.prune(model, plan.prune_config(epochs=args.epochs, lr=args.lr, distill=args.distill), train, example=example,
+                             progress=False)
+        qcfg = plan.quant_config(lowbit.load_recipe("w8a8"))
+        model = lowbit.quantize_(model, qcfg, data=train.subset(512, seed=3))
+        model.lowbit_info.update(plan=plan.to_dict(), sensitivity=rep.to_dict())
+        latency = True
     else:
         raise SystemExit(f"unknown --method {args.method}")
     seconds = time.perf_counter() - t0
@@ -104,7 +122,8 @@ def table(results: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", help="name of this run (its key in the JSON)")
-    ap.add_argument("--method", choices=["dc", "prune", "structured", "lowrank"])
+    ap.add_argument("--method", choices=["dc", "prune", "structured", "lowrank", "joint"])
+    ap.add_argument("--budget", type=float, default=0.25, help="joint: size budget as a fraction of the all-8-bit weights")
     ap.add_argument("--model", default="fmnist-resnet")
     ap.add_argument("--sparsity", type=float, default=0.9)
     ap.add_argument("--scope", default="global")

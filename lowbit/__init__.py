@@ -99,6 +99,8 @@ from .algorithms.dynamic import prepare_dynamic as prepare_dynamic  # noqa: E402
 from .algorithms.dynamic import save_dynamic as save_dynamic  # noqa: E402
 from .algorithms.dynamic import train_dynamic as train_dynamic  # noqa: E402
 from .algorithms.iterative import IterativeConfig as IterativeConfig  # noqa: E402
+from .algorithms.lowrank import LowRankConfig as LowRankConfig  # noqa: E402
+from .algorithms.lowrank import decompose as decompose  # noqa: E402
 from .algorithms.pruning import PruneConfig as PruneConfig  # noqa: E402
 from .algorithms.pruning import StructuredPruneConfig as StructuredPruneConfig  # noqa: E402
 from .algorithms.pruning import prune as prune  # noqa: E402

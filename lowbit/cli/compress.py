@@ -55,7 +55,7 @@ def _data(data_dir: str | None, train_size: int | None):
     return train, load_fashion_mnist("test", data_dir)
 
 
-def _finish(result: dict, model, model_name: str, out: str | None, json_path: str | None) -> None:
+def _finish(result: dict, model, model_name: str, out: str | None, json_path: str | None, save: bool = True) -> None:
     from rich.table import Table
 
     from ..export.compressed import save_compressed
@@ -76,11 +76,12 @@ def _finish(result: dict, model, model_name: str, out: str | None, json_path: st
     if json_path:
         atomic_write_text(json_path, json.dumps(result, indent=1, default=float) + "\n")
     if out:
-        path = Path(out) / "model.lbc"
-        Path(out).mkdir(parents=True, exist_ok=True)
-        info = save_compressed(model, path, model_spec=model_name)
         paths = write_compression_report([result], out)
-        typer.echo(f"report: {paths['html']}\ncompressed model: {path} ({info['file_bytes']} bytes)")
+        typer.echo(f"report: {paths['html']}")
+        if save:  # a factorized model's Sequential chains are not rebuilt by load_compressed: its record holds the ranks
+            path = Path(out) / "model.lbc"
+            info = save_compressed(model, path, model_spec=model_name)
+            typer.echo(f"compressed model: {path} ({info['file_bytes']} bytes)")
 
 
 @app.command()
@@ -138,6 +139,55 @@ def prune(
                                  info=pruned.lowbit_info, latency=latency)
     result["name"] = Path(name).stem
     _finish(result, pruned, model, out, json_path)
+
+
+@app.command()
+@guarded
+def lowrank(
+    model: str = typer.Argument(..., help="zoo name (fmnist-resnet) or path/to/file.py:ClassOrFactory"),
+    recipe: str = typer.Option("lowrank-tucker-50", "--recipe", "-r", help="a kind lowrank recipe"),
+    method: str | None = typer.Option(None, help="auto, svd, tucker2 or cp (k x k convs; Linear / 1x1 always SVD)"),
+    energy: float | None = typer.Option(None, help="keep this fraction of each layer's squared singular values (rank_by energy)"),
+    mac_ratio: float | None = typer.Option(None, help="factorized layers' MACs / original (rank_by budget)"),
+    epochs: int = typer.Option(3, help="fine-tuning epochs after the factorization (0: none)"),
+    lr: float = typer.Option(5e-4, help="fine-tuning learning rate"),
+    distill: bool = typer.Option(True, "--distill/--no-distill", help="fine-tune against the float model's soft targets too"),
+    train_size: int | None = typer.Option(None, help="training images (default: all 60 000)"),
+    latency: bool = typer.Option(False, "--latency", help="also time float vs factorized on ONNX Runtime (fp32, one run, ratio)"),
+    weights: str | None = typer.Option(None, help="state_dict file of the float model"),
+    out: str | None = typer.Option(None, help="folder for compression.{html,json} (and model.lbc)"),
+    json_path: str | None = typer.Option(None, "--json", help="write the result JSON here"),
+    data_dir: str | None = typer.Option(None, help="Fashion-MNIST folder"),
+) -> None:
+    """Factorize MODEL's layers (SVD / Tucker-2 / CP), fine-tune, evaluate on the 10k test set."""
+    from ..algorithms.lowrank import LowRankConfig, decompose
+    from ..algorithms.qat.trainer import train as train_verb
+    from ..report.compression import measure_compression
+    from ..zoo.resolve import load_model_spec
+
+    config = _recipe_of(recipe, (LowRankConfig,), "lowrank")
+    changes = {"method": method, "energy": energy, "mac_ratio": mac_ratio}
+    if energy is not None and mac_ratio is not None:
+        raise ConfigError("give --energy (rank by energy) or --mac-ratio (rank by budget), not both")
+    if energy is not None:
+        changes["rank_by"] = "energy"
+    if mac_ratio is not None:
+        changes["rank_by"] = "budget"
+    config = _override(config, changes)
+    if epochs < 0:
+        raise ConfigError(f"--epochs must be >= 0, got {epochs}")
+    float_model = load_model_spec(model, weights).eval()
+    train, test = _data(data_dir, train_size)
+    factored = decompose(copy.deepcopy(float_model), config, example=test.images[:8])
+    info = factored.lowbit_info
+    if epochs:
+        info["train"] = train_verb(factored, train, epochs=epochs, lr=lr, teacher=copy.deepcopy(float_model) if distill else None,
+                                   distill_weight=0.7)
+    info["config"] = config.to_dict()
+    result = measure_compression(float_model, factored, test, example=test.images[:1], method="lowrank", model_name=model, info=info,
+                                 latency=latency)
+    result["name"] = Path(recipe).stem
+    _finish(result, factored, model, out, json_path, save=False)
 
 
 @app.command()

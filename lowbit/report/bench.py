@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..export import export_onnx
+from ..nn.layers import is_quant_module
 from ..runtime import OrtModel
 from .energy import model_energy
 from .metrics import bitops
@@ -248,9 +249,10 @@ def benchmark(float_model: nn.Module, qmodel: nn.Module, inputs: torch.Tensor, *
 
 def float_latency_ratio(original: nn.Module, compressed: nn.Module, x: torch.Tensor, *, repeats: int = 20, calls: int = 5,
                         threads: int = 2) -> dict:
-    """Latency of two float models (e.g. before / after channel pruning or low-rank factorization) on ONNX
-    Runtime fp32, measured in one run: both exported to ONNX, timed interleaved (:func:`interleaved_latency`,
-    median of ``repeats`` rounds of ``calls`` calls on the batch ``x``). ``ratio = compressed / original``.
+    """Latency of two models (e.g. before / after channel pruning or low-rank factorization) on ONNX Runtime,
+    measured in one run: both exported to ONNX (fp32; a quantized model as int8 QDQ), timed interleaved
+    (:func:`interleaved_latency`, median of ``repeats`` rounds of ``calls`` calls on the batch ``x``).
+    ``ratio = compressed / original``.
 
     Example:
         >>> import torch
@@ -263,8 +265,9 @@ def float_latency_ratio(original: nn.Module, compressed: nn.Module, x: torch.Ten
         runners = {}
         for key, m in (("original", original), ("compressed", compressed)):
             path = Path(d) / f"{key}.onnx"
-            export_onnx(m.eval(), x, path, precision="fp32")
+            quantized = any(is_quant_module(mod) for mod in m.modules())
+            export_onnx(m.eval(), x, path, precision="qdq" if quantized else "fp32")
             runners[key] = OrtModel(path, threads=threads)
         t = interleaved_latency(runners, x.numpy(), repeats, calls)
     return {"original_s": t["original"], "compressed_s": t["compressed"], "ratio": t["compressed"] / t["original"],
-            "runtime": "onnxruntime-cpu fp32", "threads": threads, "batch": int(x.shape[0]), "repeats": repeats}
+            "runtime": "onnxruntime-cpu", "threads": threads, "batch": int(x.shape[0]), "repeats": repeats}

@@ -6,7 +6,8 @@ benchmarks and the HTML report read the same fields.
 * ``parameters`` — all parameters before / after, and the nonzero ones after;
 * ``macs`` — Conv / Linear multiply-accumulates per sample, ``ratio = after / before``;
 * ``size_bytes`` — the dense fp32 ``.lbc`` file of the float model vs the compressed model's ``.lbc``
-  file (sparse layers stored sparsely, shared weights as Huffman-coded symbols), ``ratio = fp32 / compressed``;
+  file (sparse layers stored sparsely, shared weights as Huffman-coded symbols) — or, for a quantized
+  model, its packed ``.lowbit`` file (:func:`lowbit.save`) — ``ratio = fp32 / compressed``;
 * ``latency`` (optional) — ONNX Runtime fp32, both models timed interleaved in one run (a ratio).
 
 Example:
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..nn.layers import is_quant_module
 from .metrics import layer_macs
 
 
@@ -45,7 +47,18 @@ def measure_compression(float_model: nn.Module, model: nn.Module, data: Any, *, 
     p1 = sum(p.numel() for p in model.parameters())
     nz = sum(int((p != 0).sum()) for p in model.parameters())
     dense, _ = encode_compressed(float_model, layout="dense", coding="fixed", codebook=False)
-    packed, pinfo = encode_compressed(model)
+    if any(is_quant_module(m) for m in model.modules()):  # a quantized model: its packed .lowbit file
+        import tempfile
+        from pathlib import Path
+
+        from ..export import save
+
+        with tempfile.TemporaryDirectory() as d:
+            save(model, Path(d) / "m.lowbit")
+            packed = (Path(d) / "m.lowbit").read_bytes()
+        pinfo = {"weight_bytes": None, "other_bytes": None}
+    else:
+        packed, pinfo = encode_compressed(model)
     out = {"model": model_name, "method": method, "fp32_accuracy": fp32, "accuracy": acc, "accuracy_drop_pp": fp32 - acc,
            "parameters": {"before": p0, "after": p1, "nonzero_after": nz},
            "macs": {"before": m0, "after": m1, "ratio": m1 / m0},
