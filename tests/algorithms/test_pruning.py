@@ -230,3 +230,16 @@ def test_sensitivity_scan_structure():
     u = pruning_sensitivity(m, [(X, Y)], ratios=(0.0, 0.9), progress=False)
     assert all(v[0.0] == r["baseline"] for v in u["layers"].values())  # pruning nothing changes nothing
     assert sum(layer_macs(m, X[:1]).values()) > 0
+
+
+def test_latency_budget_is_bisected_on_measured_latencies():
+    pytest.importorskip("onnxruntime")
+    m = _resnet(width=16)
+    lowbit.prune(m, lowbit.StructuredPruneConfig(latency_ratio=0.8, latency_batch=4), example=X[:1], progress=False)
+    info = m.lowbit_info
+    assert info["latency"]["runtime"] == "onnxruntime-cpu" and info["latency"]["ratio"] > 0  # measured, not asserted on
+    assert info["macs_after"] <= info["macs_before"] and m(X).shape == (32, 10)  # a tiny net's latency is noise-bound
+    with pytest.raises(ConfigError, match="one budget"):
+        lowbit.StructuredPruneConfig(latency_ratio=0.5, mac_ratio=0.5)
+    with pytest.raises(ConfigError, match="latency_ratio"):
+        lowbit.StructuredPruneConfig(latency_ratio=1.0)

@@ -156,6 +156,11 @@ class StructuredPruneConfig(_FineTune):
         ratio: fraction of each selected layer's output channels removed (``layer`` scope), ``[0, 1)``.
         mac_ratio: instead of ``ratio``: the pruned model's MACs / the original's (whole model), ``(0, 1)``;
             one importance threshold over all layers (scores normalized per layer) is found by bisection.
+        latency_ratio: instead of ``ratio`` / ``mac_ratio``: the pruned model's latency / the original's on ONNX
+            Runtime (fp32, ``latency_batch`` images, this machine), ``(0, 1)``: the same threshold bisected on
+            latencies measured for each candidate (hardware in the loop: MACs do not predict latency well —
+            early high-resolution layers cost more time per MAC).
+        latency_batch: batch size of the latency measurement.
         ratios: per-layer overrides ``{name: ratio}`` (e.g. from :func:`lowbit.pruning_sensitivity`).
         max_ratio: no layer loses more than this fraction of its channels (keeps the graph alive).
         round_to: channel counts kept are multiples of this (SIMD-friendly), >= 1.
@@ -169,6 +174,8 @@ class StructuredPruneConfig(_FineTune):
     criterion: str = "l1"
     ratio: float = 0.3
     mac_ratio: float | None = None
+    latency_ratio: float | None = None
+    latency_batch: int = 32
     ratios: dict = field(default_factory=dict)
     max_ratio: float = 0.8
     round_to: int = 1
@@ -186,6 +193,12 @@ class StructuredPruneConfig(_FineTune):
                 raise ConfigError(f"mac_ratio must lie in (0, 1) (pruned MACs / original MACs), got {self.mac_ratio!r}")
             if self.ratios:
                 raise ConfigError("give either mac_ratio (one global threshold) or per-layer ratios, not both")
+        if self.latency_ratio is not None:
+            if isinstance(self.latency_ratio, bool) or not isinstance(self.latency_ratio, int | float) or not 0 < self.latency_ratio < 1:
+                raise ConfigError(f"latency_ratio must lie in (0, 1) (pruned latency / original latency), got {self.latency_ratio!r}")
+            if self.ratios or self.mac_ratio is not None:
+                raise ConfigError("give one budget: latency_ratio, mac_ratio or per-layer ratios")
+        _positive_int("latency_batch", self.latency_batch)
         if not isinstance(self.ratios, dict):
             raise ConfigError(f"ratios must map layer names to ratios, got {type(self.ratios).__name__}")
         for k, v in self.ratios.items():

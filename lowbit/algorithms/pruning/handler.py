@@ -149,19 +149,49 @@ def _prune_structured(model: nn.Module, config: StructuredPruneConfig, data: Any
     scores = channel_scores(model, scored, config.criterion, data, batches=config.calib_batches, transform_fn=transform_fn)
     gscores = group_scores(kept_groups, scores)
     base = {k: v for k, v in _macs(model, x).items()}
+    measure = _latency_probe(model, kept_groups, gscores, x, config.latency_batch) if config.latency_ratio is not None else None
     keep = plan_keep(model, kept_groups, gscores, base, ratio=config.ratio, ratios=config.ratios, mac_ratio=config.mac_ratio,
-                     max_ratio=config.max_ratio, round_to=config.round_to)
+                     max_ratio=config.max_ratio, round_to=config.round_to, latency_ratio=config.latency_ratio,
+                     measure=measure)
     planned = pruned_macs(base, model, kept_groups, keep)
     params_before = sum(p.numel() for p in model.parameters())
     removed = remove_channels(model, dg, kept_groups, gscores, keep)
     macs_after = model_macs(model, x)
+    latency = None
+    if measure is not None:  # the chosen plan, measured again with more repeats
+        from ...report.bench import float_latency_ratio
+
+        latency = float_latency_ratio(measure.original, model, x.expand(config.latency_batch, *x.shape[1:]).contiguous(), repeats=20)
     history = _fine_tune(model, config, data, teacher, val_data=val_data, transform_fn=transform_fn, progress=progress)
     macs_before = sum(base.values())
     return {"method": "structured", "criterion": config.criterion, "groups": [
         {"root": g.root, "channels": g.size, "kept": keep[g.root], "removed": removed.get(g.root, []), "layers": g.outs + g.depthwise,
          "readers": g.ins} for g in kept_groups], "skipped": skipped, "macs_before": macs_before, "macs_after": macs_after,
         "macs_planned": planned, "mac_ratio": macs_after / macs_before, "parameters_before": params_before,
-        "parameters_after": sum(p.numel() for p in model.parameters()), "train": history}
+        "parameters_after": sum(p.numel() for p in model.parameters()), "latency": latency, "train": history}
+
+
+class _LatencyProbe:
+    """``probe(keep)``: latency of a copy pruned to ``keep`` / the unpruned model's, on ONNX Runtime fp32 (one run,
+    interleaved, median of 7)."""
+
+    def __init__(self, model: nn.Module, groups, gscores, x: torch.Tensor, batch: int) -> None:
+        self.original = copy.deepcopy(model).eval()
+        self.gscores, self.x1 = gscores, x[:1]
+        self.xb = x[:1].expand(batch, *x.shape[1:]).contiguous()
+        self.roots = [g.root for g in groups]
+
+    def __call__(self, keep: dict[str, int]) -> float:
+        from ...report.bench import float_latency_ratio
+
+        m = copy.deepcopy(self.original)
+        dg, groups = channel_groups(m, self.x1)
+        remove_channels(m, dg, [g for g in groups if g.root in self.roots], self.gscores, keep)
+        return float_latency_ratio(self.original, m, self.xb, repeats=7, calls=3)["ratio"]
+
+
+def _latency_probe(model, groups, gscores, x, batch):
+    return _LatencyProbe(model, groups, gscores, x, batch)
 
 
 def _macs(model: nn.Module, x: torch.Tensor) -> dict[str, int]:

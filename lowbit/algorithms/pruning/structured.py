@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -300,24 +301,36 @@ def pruned_macs(base: dict[str, int], model: nn.Module, groups: list[ChannelGrou
 
 
 def plan_keep(model: nn.Module, groups: list[ChannelGroup], gscores: dict[str, torch.Tensor], base_macs: dict[str, int], *,
-              ratio: float, ratios: dict[str, float], mac_ratio: float | None, max_ratio: float, round_to: int) -> dict[str, int]:
-    """Channels kept per group: fixed ratios (``layer`` scope) or the bisected global threshold for ``mac_ratio``."""
-    if mac_ratio is None:
+              ratio: float, ratios: dict[str, float], mac_ratio: float | None, max_ratio: float, round_to: int,
+              latency_ratio: float | None = None, measure: Callable[[dict[str, int]], float] | None = None) -> dict[str, int]:
+    """Channels kept per group: fixed ratios (``layer`` scope), or the global threshold bisected so that the pruned
+    model keeps ``mac_ratio`` of the MACs (counted) or ``latency_ratio`` of the latency (``measure(keep)`` times a
+    pruned copy on the runtime: 12 bisection steps)."""
+    if mac_ratio is None and latency_ratio is None:
         return {g.root: _keep_count(g.size, ratios.get(g.root, ratio), max_ratio, round_to) for g in groups}
     total = sum(base_macs.values())
 
     def keep_at(t: float) -> dict[str, int]:
         return {g.root: _keep_count(g.size, float((gscores[g.root] < t).float().mean()), max_ratio, round_to) for g in groups}
 
+    if mac_ratio is not None:
+        target, what, steps = mac_ratio, "MACs", 60
+
+        def cost(keep: dict[str, int]) -> float:
+            return pruned_macs(base_macs, model, groups, keep) / total
+    else:
+        if measure is None:
+            raise ConfigError("a latency_ratio budget needs a latency measurement (lowbit.prune measures it on ONNX Runtime)")
+        target, what, steps, cost = latency_ratio, "latency", 12, measure
     hi = max(float(s.max()) for s in gscores.values()) + 1.0
-    floor_macs = pruned_macs(base_macs, model, groups, keep_at(hi))
-    if floor_macs > mac_ratio * total:
-        raise ConfigError(f"mac_ratio {mac_ratio} is out of reach: with at most max_ratio={max_ratio} of each group's channels "
-                          f"removed the model keeps {floor_macs / total:.3f} of its MACs; raise max_ratio or mac_ratio")
+    floor = cost(keep_at(hi))
+    if floor > target:
+        raise ConfigError(f"{what} ratio {target} is out of reach: with at most max_ratio={max_ratio} of each group's channels "
+                          f"removed the model keeps {floor:.3f} of its {what}; raise max_ratio or the ratio")
     lo = 0.0
-    for _ in range(60):
+    for _ in range(steps):
         mid = (lo + hi) / 2
-        if pruned_macs(base_macs, model, groups, keep_at(mid)) > mac_ratio * total:
+        if cost(keep_at(mid)) > target:
             lo = mid
         else:
             hi = mid
