@@ -10,6 +10,7 @@ pruning, low-rank) the ONNX Runtime fp32 latency ratio measured in the same run 
     python bench/compression.py --run prune-95 --method prune --sparsity 0.95
     python bench/compression.py --run share-b2 --method dc --sparsity 0 --bits 2 --epochs 0      # quantization only
     python bench/compression.py --run channels-taylor-50 --method structured --criterion taylor --mac-ratio 0.5
+    python bench/compression.py --run channels-taylor-lat55 --method structured --criterion taylor --latency-ratio 0.55
     python bench/compression.py --run lowrank-tucker-e90 --method lowrank --energy 0.9
     python bench/compression.py --run joint-size-25 --method joint --budget 0.25      # 1/4 of the W8 weight bytes
     python bench/compression.py --table
@@ -59,8 +60,9 @@ def run(args: argparse.Namespace) -> dict:
                                  epochs=args.epochs, lr=args.lr, distill=args.distill)
         model = lowbit.prune(model, cfg, train, progress=False)
     elif args.method == "structured":
-        cfg = lowbit.StructuredPruneConfig(criterion=args.criterion, mac_ratio=args.mac_ratio, round_to=args.round_to, epochs=args.epochs,
-                                           lr=args.lr, distill=args.distill)
+        budget = {"latency_ratio": args.latency_ratio} if args.latency_ratio else {"mac_ratio": args.mac_ratio or 0.5}
+        cfg = lowbit.StructuredPruneConfig(criterion=args.criterion, round_to=args.round_to, epochs=args.epochs, lr=args.lr,
+                                           distill=args.distill, **budget)
         model = lowbit.prune(model, cfg, train, example=example, progress=False)
         latency = True
     elif args.method == "lowrank":
@@ -131,6 +133,7 @@ def main() -> None:
     ap.add_argument("--criterion", default="taylor")
     ap.add_argument("--mac-ratio", type=float, default=None)
     ap.add_argument("--round-to", type=int, default=8)
+    ap.add_argument("--latency-ratio", type=float, default=None, help="structured: latency budget measured on ORT")
     ap.add_argument("--energy", type=float, default=0.9)
     ap.add_argument("--lowrank-method", default="auto")
     ap.add_argument("--epochs", type=int, default=3)
@@ -143,8 +146,6 @@ def main() -> None:
     args = ap.parse_args()
     results = json.loads(OUT.read_text()) if OUT.exists() else {}
     if args.run:
-        if args.method == "structured" and args.mac_ratio is None:
-            args.mac_ratio = 0.5
         r = run(args)
         results[args.run] = r
         atomic_write_text(OUT, json.dumps(results, indent=1, default=float) + "\n")
