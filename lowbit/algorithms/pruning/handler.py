@@ -173,7 +173,7 @@ def _prune_structured(model: nn.Module, config: StructuredPruneConfig, data: Any
 
 class _LatencyProbe:
     """``probe(keep)``: latency of a copy pruned to ``keep`` / the unpruned model's, on ONNX Runtime fp32 (one run,
-    interleaved, median of 7)."""
+    interleaved, median of 15 rounds of 4 calls)."""
 
     def __init__(self, model: nn.Module, groups, gscores, x: torch.Tensor, batch: int) -> None:
         self.original = copy.deepcopy(model).eval()
@@ -187,7 +187,7 @@ class _LatencyProbe:
         m = copy.deepcopy(self.original)
         dg, groups = channel_groups(m, self.x1)
         remove_channels(m, dg, [g for g in groups if g.root in self.roots], self.gscores, keep)
-        return float_latency_ratio(self.original, m, self.xb, repeats=7, calls=3)["ratio"]
+        return float_latency_ratio(self.original, m, self.xb, repeats=15, calls=4)["ratio"]
 
 
 def _latency_probe(model, groups, gscores, x, batch):
