@@ -106,58 +106,40 @@ def _encode_weight(w: torch.Tensor, *, layout: str, coding: str, codebook: bool,
     filled in by the caller; ``chunks`` are in the order of ``entry['streams']``)."""
     flat = w.detach().reshape(-1).float().contiguous()
     uniq = torch.unique(flat)
-    use_cb = codebook and uniq.numel() <= 256
     zeros = int((flat == 0).sum())
-    best: tuple[int, dict, list[bytes]] | None = None
-    layouts = ("dense", "relative") if layout == "auto" else (layout,)
-    if use_cb:
+    # without zeros a relative index has nothing to skip: dense is the only layout
+    layouts = ("dense",) if not zeros else ("dense", "relative") if layout == "auto" else (layout,)
+    gap_bits = [index_bits] if index_bits else range(1, 9)
+    candidates: list[tuple[dict, list[bytes]]] = []
+    if codebook and uniq.numel() <= 256:
         symbols = torch.searchsorted(uniq, flat).numpy().astype(np.int64)
         k = uniq.numel()
         cb_bytes = uniq.numpy().astype("<f4").tobytes()
-        zero_sym = int(torch.searchsorted(uniq, torch.tensor(0.0))) if zeros else -1
-        for lay in layouts:
-            if lay == "dense":
-                data, ent = _code(symbols, k, coding)
-                cand = ({"values": "codebook", "layout": "dense", "k": k, "streams": ["codebook", "symbols"], "symbols": ent},
-                        [cb_bytes, data])
-            else:
-                if zero_sym < 0:
-                    continue
-                for b in ([index_bits] if index_bits else range(1, 9)):
-                    gaps, vals = relative_index_encode(symbols, b, zero=zero_sym)
-                    gdata, gent = _code(np.asarray(gaps, dtype=np.int64), 2**b, coding)
-                    vdata, vent = _code(np.asarray(vals, dtype=np.int64), k, coding)
-                    c = ({"values": "codebook", "layout": "relative", "k": k, "zero": zero_sym, "index_bits": b,
-                          "streams": ["codebook", "symbols", "gaps"], "symbols": vent, "gaps": gent}, [cb_bytes, vdata, gdata])
-                    size = sum(map(len, c[1]))
-                    if best is None or size < best[0]:
-                        best = (size, *c)
-                continue
-            size = sum(map(len, cand[1]))
-            if best is None or size < best[0]:
-                best = (size, *cand)
-    if best is None or not use_cb:
+        if "dense" in layouts:
+            data, ent = _code(symbols, k, coding)
+            candidates.append(({"values": "codebook", "layout": "dense", "k": k, "streams": ["codebook", "symbols"], "symbols": ent},
+                               [cb_bytes, data]))
+        if "relative" in layouts:
+            zero_sym = int(torch.searchsorted(uniq, torch.tensor(0.0)))
+            for b in gap_bits:
+                gaps, vals = relative_index_encode(symbols, b, zero=zero_sym)
+                gdata, gent = _code(gaps, 2**b, coding)
+                vdata, vent = _code(vals, k, coding)
+                candidates.append(({"values": "codebook", "layout": "relative", "k": k, "zero": zero_sym, "index_bits": b,
+                                    "streams": ["codebook", "symbols", "gaps"], "symbols": vent, "gaps": gent}, [cb_bytes, vdata, gdata]))
+    if not candidates:  # fp32 values: too many distinct values, or the codebook is off
         arr = flat.numpy().astype("<f4")
-        for lay in layouts:
-            if lay == "dense":
-                cand = ({"values": "float32", "layout": "dense", "streams": ["floats"]}, [arr.tobytes()])
-                size = len(cand[1][0])
-                if best is None or size < best[0]:
-                    best = (size, *cand)
-                continue
-            mask = (arr != 0).astype(np.int64)
+        if "dense" in layouts:
+            candidates.append(({"values": "float32", "layout": "dense", "streams": ["floats"]}, [arr.tobytes()]))
+        if "relative" in layouts:
             nz = arr[arr != 0].tobytes()
-            for b in ([index_bits] if index_bits else range(1, 9)):
-                gaps, vals = relative_index_encode(mask, b, zero=0)
-                gdata, gent = _code(np.asarray(gaps, dtype=np.int64), 2**b, coding)
-                vdata, vent = _code(np.asarray(vals, dtype=np.int64), 2, coding)  # 1 = a stored float, 0 = filler
-                c = ({"values": "float32", "layout": "relative", "index_bits": b, "streams": ["floats", "kind", "gaps"],
-                      "kind": vent, "gaps": gent}, [nz, vdata, gdata])
-                size = sum(map(len, c[1]))
-                if best is None or size < best[0]:
-                    best = (size, *c)
-    assert best is not None  # noqa: S101 - the dense float candidate always exists
-    _, entry, chunks = best
+            for b in gap_bits:
+                gaps, kind = relative_index_encode((arr != 0).astype(np.int64), b, zero=0)  # kind 1 = a stored float, 0 = filler
+                gdata, gent = _code(gaps, 2**b, coding)
+                vdata, vent = _code(kind, 2, coding)
+                candidates.append(({"values": "float32", "layout": "relative", "index_bits": b, "streams": ["floats", "kind", "gaps"],
+                                    "kind": vent, "gaps": gent}, [nz, vdata, gdata]))
+    entry, chunks = min(candidates, key=lambda c: sum(map(len, c[1])))
     entry.update(shape=list(w.shape), zeros=zeros)
     return entry, chunks
 

@@ -256,6 +256,27 @@ def write_report(results: list[dict], out_dir: str | Path, stem: str = "report")
 _KIND_STYLE = {"dynamic": ("o-", "tab:red"), "static-mixed": ("s--", "tab:blue"), "static-uniform": ("^", "grey")}
 
 
+def _page_start(out_dir: str | Path, stem: str, title: str, heading: str) -> tuple[dict[str, Path], list[str]]:
+    """``(paths, parts)`` of a self-contained report page: ``<stem>.json`` / ``<stem>.html`` in ``out_dir`` (created) and
+    the page's head with the shared table style and the escaped ``heading``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / f"{stem}.json", "html": out / f"{stem}.html"}
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>",
+             "body{font-family:sans-serif;margin:2em;max-width:1300px}table{border-collapse:collapse;font-size:13px}",
+             "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#eee}td:first-child{text-align:left}",
+             f"</style></head><body><h1>{html.escape(heading)}</h1>"]
+    return paths, parts
+
+
+def _page_finish(paths: dict[str, Path], parts: list[str], data) -> dict[str, Path]:
+    """Close the page and write it and ``data`` (as JSON), atomically."""
+    parts.append("</body></html>")
+    atomic_write_text(paths["json"], json.dumps(data, indent=1, default=float) + "\n")
+    atomic_write_text(paths["html"], "".join(parts))
+    return paths
+
+
 def dynamic_plots(dyn: dict) -> list[tuple[str, str]]:
     """Plots of a dynamic-quantization result (``lowbit dynamic train|eval --report``, bench/dynamic_quant.py).
 
@@ -327,13 +348,7 @@ def write_dynamic_report(dyn: dict, out_dir: str | Path, stem: str = "dynamic") 
         (['html', 'json'], True)
     """
     esc = html.escape
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / f"{stem}.json", "html": out / f"{stem}.html"}
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>lowbit dynamic quantization</title><style>",
-             "body{font-family:sans-serif;margin:2em;max-width:1300px}table{border-collapse:collapse;font-size:13px}",
-             "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#eee}td:first-child{text-align:left}",
-             f"</style></head><body><h1>{esc(str(dyn.get('model', '')))}: instance-aware dynamic quantization</h1>"]
+    paths, parts = _page_start(out_dir, stem, "lowbit dynamic quantization", f"{dyn.get('model', '')}: instance-aware dynamic quantization")
     fa = dyn.get("float_accuracy")
     if dyn.get("curve"):
         parts.append("<table><tr><th>configuration</th><th>kind</th><th>accuracy %</th><th>vs float pp</th><th>avg MBitOPs</th></tr>")
@@ -352,10 +367,7 @@ def write_dynamic_report(dyn: dict, out_dir: str | Path, stem: str = "dynamic") 
         parts.append("</table>")
     for title, img in dynamic_plots(dyn):
         parts.append(f"<h2>{esc(title)}</h2><img src='{img}'><br>")
-    parts.append("</body></html>")
-    atomic_write_text(paths["json"], json.dumps(dyn, indent=1, default=float) + "\n")
-    atomic_write_text(paths["html"], "".join(parts))
-    return paths
+    return _page_finish(paths, parts, dyn)
 
 
 def _layer_keep(result: dict) -> list[tuple[str, float]]:
@@ -424,14 +436,8 @@ def write_compression_report(results: list[dict], out_dir: str | Path, stem: str
         (['html', 'json'], True)
     """
     esc = html.escape
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / f"{stem}.json", "html": out / f"{stem}.html"}
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>lowbit compression</title><style>",
-             "body{font-family:sans-serif;margin:2em;max-width:1300px}table{border-collapse:collapse;font-size:13px}",
-             "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#eee}td:first-child{text-align:left}",
-             f"</style></head><body><h1>{esc(str(results[0]['model']) if results else '')}: compression</h1>",
-             "<table><tr><th>result</th><th>accuracy %</th><th>vs float pp</th><th>params kept</th><th>MACs</th><th>file KiB</th>"
+    paths, parts = _page_start(out_dir, stem, "lowbit compression", f"{results[0]['model'] if results else ''}: compression")
+    parts += ["<table><tr><th>result</th><th>accuracy %</th><th>vs float pp</th><th>params kept</th><th>MACs</th><th>file KiB</th>"
              "<th>x smaller</th><th>latency ratio</th></tr>"]
     for r in results:
         p = r["parameters"]
@@ -453,7 +459,4 @@ def write_compression_report(results: list[dict], out_dir: str | Path, stem: str
             parts.append("</table>")
     for title, img in compression_plots(results):
         parts.append(f"<h2>{esc(title)}</h2><img src='{img}'><br>")
-    parts.append("</body></html>")
-    atomic_write_text(paths["json"], json.dumps(results, indent=1, default=float) + "\n")
-    atomic_write_text(paths["html"], "".join(parts))
-    return paths
+    return _page_finish(paths, parts, results)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ...errors import ConfigError
-from ..pruning.config import SCHEDULES, SCOPES, _FineTune, _positive_int, check_ratio
+from ..pruning.config import _FineTune, _positive_int, check_magnitude_fields
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,15 +48,7 @@ class DeepCompressionConfig(_FineTune):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        object.__setattr__(self, "sparsity", check_ratio("sparsity", self.sparsity))
-        if self.scope not in SCOPES:
-            raise ConfigError(f"scope must be one of {list(SCOPES)}, got {self.scope!r}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
-        if not isinstance(self.sparsities, dict):
-            raise ConfigError(f"sparsities must map layer names to sparsities, got {type(self.sparsities).__name__}")
-        for k, v in self.sparsities.items():
-            check_ratio(f"sparsities[{k!r}]", v)
+        check_magnitude_fields(self)
         for name, b in [("bits", self.bits), *((f"layer_bits[{k!r}]", v) for k, v in dict(self.layer_bits).items())]:
             if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 8:
                 raise ConfigError(f"{name} must be an integer in 1..8 (2^bits shared values including the zero), got {b!r}")
@@ -71,5 +63,3 @@ class DeepCompressionConfig(_FineTune):
                 raise ConfigError(f"index_bits must lie in 1..8, got {self.index_bits!r}")
         if not isinstance(self.fold_bn, bool):
             raise ConfigError(f"fold_bn must be true or false, got {self.fold_bn!r}")
-        if self.schedule != "oneshot" and self.epochs == 0:
-            raise ConfigError(f"schedule {self.schedule!r} prunes while fine-tuning: set epochs >= 1 (or schedule: oneshot)")

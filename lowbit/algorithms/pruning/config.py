@@ -93,6 +93,24 @@ class _FineTune(Config):
         return cls(**d)
 
 
+def check_magnitude_fields(cfg: Any) -> None:
+    """Validate (in place, frozen-safe) the magnitude-pruning fields a config shares with :class:`PruneConfig`:
+    ``sparsity``, ``scope``, ``sparsities``, ``schedule`` (and that a schedule other than oneshot has epochs)."""
+    object.__setattr__(cfg, "sparsity", check_ratio("sparsity", cfg.sparsity))
+    if cfg.scope not in SCOPES:
+        raise ConfigError(f"scope must be one of {list(SCOPES)}, got {cfg.scope!r}")
+    if cfg.schedule not in SCHEDULES:
+        raise ConfigError(f"schedule must be one of {list(SCHEDULES)}, got {cfg.schedule!r}")
+    if not isinstance(cfg.sparsities, dict):
+        raise ConfigError(f"sparsities must map layer names to sparsities, got {type(cfg.sparsities).__name__}")
+    for k, v in cfg.sparsities.items():
+        check_ratio(f"sparsities[{k!r}]", v)
+    if cfg.sparsities and cfg.scope == "global":
+        raise ConfigError("per-layer sparsities need scope: layer (a global threshold chooses every layer's sparsity itself)")
+    if cfg.schedule != "oneshot" and cfg.epochs == 0:
+        raise ConfigError(f"schedule {cfg.schedule!r} prunes while fine-tuning: set epochs >= 1 (or schedule: oneshot)")
+
+
 @dataclass(frozen=True, kw_only=True)
 class PruneConfig(_FineTune):
     """Unstructured magnitude pruning: a 0/1 mask per weight, the smallest ``|w|`` removed.
@@ -123,23 +141,11 @@ class PruneConfig(_FineTune):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        object.__setattr__(self, "sparsity", check_ratio("sparsity", self.sparsity))
-        if self.scope not in SCOPES:
-            raise ConfigError(f"scope must be one of {list(SCOPES)}, got {self.scope!r}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
-        if not isinstance(self.sparsities, dict):
-            raise ConfigError(f"sparsities must map layer names to sparsities, got {type(self.sparsities).__name__}")
-        for k, v in self.sparsities.items():
-            check_ratio(f"sparsities[{k!r}]", v)
-        if self.sparsities and self.scope == "global":
-            raise ConfigError("per-layer sparsities need scope: layer (a global threshold chooses every layer's sparsity itself)")
+        check_magnitude_fields(self)
         _positive_int("steps", self.steps)
         _positive_int("update_every", self.update_every)
         if not (isinstance(self.ramp, int | float) and 0 < self.ramp <= 1):
             raise ConfigError(f"ramp must lie in (0, 1], got {self.ramp!r}")
-        if self.schedule != "oneshot" and self.epochs == 0:
-            raise ConfigError(f"schedule {self.schedule!r} prunes while fine-tuning: set epochs >= 1 (or schedule: oneshot)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError, UnsupportedError
+from ...report.metrics import layer_macs
 from ...transform import select_layers
 from .config import PruneConfig, StructuredPruneConfig, _FineTune, check_ratio
 from .structured import (
@@ -120,7 +121,7 @@ def _prune_structured(model: nn.Module, config: StructuredPruneConfig, data: Any
     dg, groups = channel_groups(model, x)
     chosen = set(names)
     skipped, kept_groups = [], []
-    explicit = {n for n in names} if config.layers else set()
+    explicit = set(names) if config.layers else set()
     for n in sorted(explicit & set(outputs)):
         why = "its output channels are the model's predictions"
         if config.on_unprunable == "error":
@@ -148,8 +149,8 @@ def _prune_structured(model: nn.Module, config: StructuredPruneConfig, data: Any
     scored = sorted({n for g in kept_groups for n in g.outs + g.depthwise})
     scores = channel_scores(model, scored, config.criterion, data, batches=config.calib_batches, transform_fn=transform_fn)
     gscores = group_scores(kept_groups, scores)
-    base = {k: v for k, v in _macs(model, x).items()}
-    measure = _latency_probe(model, kept_groups, gscores, x, config.latency_batch) if config.latency_ratio is not None else None
+    base = layer_macs(model, x)
+    measure = _LatencyProbe(model, kept_groups, gscores, x, config.latency_batch) if config.latency_ratio is not None else None
     keep = plan_keep(model, kept_groups, gscores, base, ratio=config.ratio, ratios=config.ratios, mac_ratio=config.mac_ratio,
                      max_ratio=config.max_ratio, round_to=config.round_to, latency_ratio=config.latency_ratio,
                      measure=measure)
@@ -188,16 +189,6 @@ class _LatencyProbe:
         dg, groups = channel_groups(m, self.x1)
         remove_channels(m, dg, [g for g in groups if g.root in self.roots], self.gscores, keep)
         return float_latency_ratio(self.original, m, self.xb, repeats=15, calls=4)["ratio"]
-
-
-def _latency_probe(model, groups, gscores, x, batch):
-    return _LatencyProbe(model, groups, gscores, x, batch)
-
-
-def _macs(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
-    from ...report.metrics import layer_macs
-
-    return layer_macs(model, x)
 
 
 def pruning_sensitivity(model: nn.Module, data: Any, *, eval_data: Any = None, structured: bool = False, criterion: str = "l1",

@@ -83,6 +83,7 @@ def activation_scores(model: nn.Module, names: list[str], criterion: str, data: 
                           f"{', with labels' if criterion == 'taylor' else ''}), or use criterion l1")
     points = _activation_points(model, names)
     acc: dict[str, list] = {n: [] for n in names}
+    images: dict[str, int] = dict.fromkeys(names, 0)  # taylor: images seen per layer
     hooks = []
     grads_needed = criterion == "taylor"
 
@@ -94,7 +95,7 @@ def activation_scores(model: nn.Module, names: list[str], criterion: str, data: 
                     dims = tuple(range(2, a.dim()))
                     ag = (a * g).mean(dim=dims) if dims else a * g
                     acc[layer].append(ag.abs().sum(0))
-                    acc[layer + "#n"] = acc.get(layer + "#n", 0) + a.shape[0]
+                    images[layer] += a.shape[0]
                 a.register_hook(on_grad)
                 return
             r = torch.relu(a.detach())
@@ -138,7 +139,7 @@ def activation_scores(model: nn.Module, names: list[str], criterion: str, data: 
     for layer in names:
         parts = acc[layer]
         if criterion == "taylor":
-            out[layer] = torch.stack(parts).sum(0) / acc[layer + "#n"]
+            out[layer] = torch.stack(parts).sum(0) / images[layer]
         elif criterion == "apoz":
             s = torch.stack(parts).sum(0)
             out[layer] = s[0] / s[1]
