@@ -77,6 +77,9 @@ from .quant import (
     PerTensor as PerTensor,
 )
 from .quant import (
+    PerToken as PerToken,
+)
+from .quant import (
     Symmetric as Symmetric,
 )
 from .recipes import list_recipes as list_recipes
@@ -107,3 +110,5 @@ from .algorithms.pruning import prune as prune  # noqa: E402
 from .algorithms.pruning import pruning_sensitivity as pruning_sensitivity  # noqa: E402
 from .algorithms.qat import QATConfig as QATConfig  # noqa: E402
 from .algorithms.qat import train as train  # noqa: E402
+from .algorithms.transformer import TransformerPTQConfig as TransformerPTQConfig  # noqa: E402
+from .algorithms.transformer import quantize_transformer as quantize_transformer  # noqa: E402

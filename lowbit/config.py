@@ -31,7 +31,7 @@ import yaml
 
 from .errors import ConfigError
 from .observe import OBSERVERS
-from .quant import Affine, IntFormat, PerChannel, PerGroup, PerTensor, Symmetric, mapping_from_name
+from .quant import Affine, IntFormat, PerChannel, PerGroup, PerTensor, PerToken, Symmetric, mapping_from_name
 from .quant.formats import Mapping
 from .quant.granularity import Granularity
 from .quant.rounding import check_rounding
@@ -69,13 +69,17 @@ class QuantSpec:
             raise ConfigError(f"format must be an IntFormat, got {self.format!r}")
         if not isinstance(self.mapping, Symmetric | Affine):
             raise ConfigError(f"mapping must be Symmetric() or Affine(), got {self.mapping!r}")
-        if not isinstance(self.granularity, PerTensor | PerChannel | PerGroup):
-            raise ConfigError(f"granularity must be PerTensor(), PerChannel(axis) or PerGroup(size), got {self.granularity!r}")
+        if not isinstance(self.granularity, PerTensor | PerChannel | PerGroup | PerToken):
+            raise ConfigError("granularity must be PerTensor(), PerChannel(axis), PerGroup(size) or PerToken(), "
+                              f"got {self.granularity!r}")
         if self.observer not in OBSERVERS:
             raise ConfigError(f"unknown observer {self.observer!r}; known: {sorted(OBSERVERS)}")
         check_rounding(self.rounding)
         if self.dynamic and self.observer not in ("minmax",):
             raise ConfigError("dynamic quantization computes min-max ranges per input; use observer='minmax'")
+        if isinstance(self.granularity, PerToken) and not self.dynamic:
+            raise ConfigError("per_token granularity is for dynamic activation quantization (a scale per token at run time); "
+                              "set dynamic: true")
 
     @property
     def bits(self) -> int:
@@ -85,7 +89,7 @@ class QuantSpec:
         """Short human form, e.g. ``int4 sym per_group(32) mse``."""
         g = self.granularity
         gs = {"per_tensor": "per_tensor", "per_channel": f"per_channel({getattr(g, 'axis', 0)})",
-              "per_group": f"per_group({getattr(g, 'size', 0)})"}[g.name]
+              "per_group": f"per_group({getattr(g, 'size', 0)})", "per_token": "per_token"}[g.name]
         kind = ("int" if self.format.signed else "uint") + str(self.format.bits)
         return f"{kind} {self.mapping.name} {gs} {'dynamic' if self.dynamic else self.observer}"
 
@@ -123,8 +127,10 @@ class QuantSpec:
             if "group_size" not in d:
                 raise ConfigError(f"{where}: granularity per_group needs group_size")
             gran = PerGroup(size=d["group_size"])
+        elif g == "per_token":
+            gran = PerToken()
         else:
-            raise ConfigError(f"{where}: unknown granularity {g!r}; use per_tensor, per_channel or per_group")
+            raise ConfigError(f"{where}: unknown granularity {g!r}; use per_tensor, per_channel, per_group or per_token")
         return cls(
             format=fmt,
             mapping=mapping_from_name(d.get("mapping", "symmetric")),

@@ -13,6 +13,9 @@ from .layers import (
     QuantConv2d as QuantConv2d,
 )
 from .layers import (
+    QuantEmbedding as QuantEmbedding,
+)
+from .layers import (
     QuantLinear as QuantLinear,
 )
 from .layers import (

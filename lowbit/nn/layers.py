@@ -1,5 +1,5 @@
-"""Fake-quant layers: ``QuantLinear``, ``QuantConv1d``, ``QuantConv2d`` (grouped / depthwise too) and
-``QuantAdd`` for residual additions.
+"""Fake-quant layers: ``QuantLinear``, ``QuantConv1d``, ``QuantConv2d`` (grouped / depthwise too),
+``QuantEmbedding`` (a quantized lookup table) and ``QuantAdd`` for residual additions.
 
 A quantized layer computes ``y = op(aq_in(x), wq(W)) + b`` where ``wq`` fake-quantizes the
 float master weight ``W`` and ``aq_in`` the input activation; the bias stays in high precision
@@ -42,6 +42,9 @@ class _QuantWeightMixin:
         return self.weight_quant(w) if self.weight_quant is not None else w
 
     def _io(self, x: torch.Tensor, fn) -> torch.Tensor:
+        smooth = getattr(self, "smooth", None)
+        if smooth is not None:  # SmoothQuant / AWQ input scaling: W was multiplied by s, x is divided by it
+            x = x / smooth
         if self.input_quant is not None:
             x = self.input_quant(x)
         y = fn(x, self.quantized_weight())
@@ -51,7 +54,12 @@ class _QuantWeightMixin:
 
 
 class QuantLinear(_QuantWeightMixin, nn.Linear):
-    """``nn.Linear`` with fake-quantized weight and input."""
+    """``nn.Linear`` with fake-quantized weight and input.
+
+    An optional ``smooth`` buffer (shape ``[in_features]``, set by SmoothQuant / AWQ when the scale cannot
+    be folded into the producer of the input) makes it compute ``Q(x / s) Q(W diag(s))^T + b``, which
+    equals ``x W^T + b`` before quantization.
+    """
 
     @classmethod
     def from_float(cls, mod: nn.Linear, weight: QuantSpec | None, activation: QuantSpec | None, output: QuantSpec | None = None) -> QuantLinear:
@@ -97,6 +105,33 @@ class QuantConv2d(_QuantWeightMixin, nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._io(x, lambda x, w: self._conv_forward(x, w, self.bias))
+
+
+class QuantEmbedding(_QuantWeightMixin, nn.Embedding):
+    """``nn.Embedding`` whose table is fake-quantized (weight-only: the looked-up rows are
+    ``S (Q - Z)`` of the table's integer codes; per_channel(0) gives every token row its own scale).
+
+    Example:
+        >>> import torch
+        >>> from lowbit.config import QuantSpec
+        >>> from lowbit.quant import PerChannel
+        >>> e = QuantEmbedding.from_float(torch.nn.Embedding(10, 4), QuantSpec(granularity=PerChannel(0)))
+        >>> e(torch.tensor([[1, 2]])).shape
+        torch.Size([1, 2, 4])
+    """
+
+    @classmethod
+    def from_float(cls, mod: nn.Embedding, weight: QuantSpec | None, activation: QuantSpec | None = None,
+                   output: QuantSpec | None = None) -> QuantEmbedding:
+        q = cls(mod.num_embeddings, mod.embedding_dim, padding_idx=mod.padding_idx, device=mod.weight.device,
+                dtype=mod.weight.dtype)
+        q.load_state_dict(mod.state_dict())
+        q._init_quant(weight, None, output)
+        q.train(mod.training)
+        return q
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return F.embedding(idx, self.quantized_weight(), self.padding_idx)
 
 
 QUANT_MODULES: dict[type[nn.Module], type[nn.Module]] = {

@@ -34,6 +34,7 @@ from .formats import mapping_from_name as mapping_from_name
 from .granularity import PerChannel as PerChannel
 from .granularity import PerGroup as PerGroup
 from .granularity import PerTensor as PerTensor
+from .granularity import PerToken as PerToken
 from .nonuniform import codebook_indices as codebook_indices
 from .nonuniform import codebook_quantize as codebook_quantize
 from .nonuniform import kmeans_codebook as kmeans_codebook

@@ -9,8 +9,11 @@ granularity          view of x (shape S)          param shape
 PerTensor()          (1, numel)                   ()
 PerChannel(axis=a)   (S[a], numel / S[a])         (S[a],)
 PerGroup(size=g)     (S[0] * S[1]/g, g*prod S[2:])  (S[0], S[1]/g)
+PerToken()           (numel / S[-1], S[-1])       S[:-1]
 ===================  ==========================  =====================================
 
+``PerToken`` gives every vector along the last axis its own parameters: for a transformer's
+``(batch, tokens, features)`` activation, one scale per token (dynamic per-token quantization).
 ``PerGroup`` splits axis 1 (input channels / in_features) into contiguous groups of ``size``
 for every output row, each group covering its kernel window.
 
@@ -111,7 +114,33 @@ class PerGroup:
         return (shape[0], shape[1] // self.size)
 
 
-Granularity = PerTensor | PerChannel | PerGroup
+@dataclass(frozen=True)
+class PerToken:
+    """One scale per vector along the last axis (per token of a ``(..., features)`` activation).
+
+    Example:
+        >>> import torch
+        >>> PerToken().param_shape(torch.Size([2, 5, 8]))
+        (2, 5)
+    """
+
+    name = "per_token"
+
+    def view(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, x.shape[-1])
+
+    def unview(self, y: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        return y.reshape(shape)
+
+    def param_shape(self, shape: torch.Size) -> tuple[int, ...]:
+        return tuple(shape[:-1])
+
+    def check(self, shape: torch.Size) -> None:
+        if len(shape) < 1:
+            raise ConfigError("per-token quantization needs a tensor with >= 1 dim")
+
+
+Granularity = PerTensor | PerChannel | PerGroup | PerToken
 
 
 def largest_divisor_at_most(n: int, g: int) -> int:

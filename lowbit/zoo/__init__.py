@@ -18,6 +18,10 @@ from torch import nn
 from ..errors import ConfigError, WeightsError
 from ..io import load_state_dict, load_weights_into
 from .models import FmnistMLP, FmnistMobileNet, FmnistResNet
+from .text import TEXT_MODELS as TEXT_MODELS
+from .text import TextEncoder as TextEncoder
+from .text import is_text_model as is_text_model
+from .text import load_text_encoder as load_text_encoder
 
 
 @dataclass(frozen=True)
@@ -53,9 +57,14 @@ def list_models() -> dict[str, dict]:
 
 
 def load_model(name: str, pretrained: bool = True) -> nn.Module:
-    """Build zoo model ``name`` in eval mode, with its shipped weights when ``pretrained``."""
+    """Build zoo model ``name`` in eval mode, with its shipped weights when ``pretrained``.
+
+    Text model names (:data:`TEXT_MODELS`, e.g. ``"minilm"``) load through :func:`load_text_encoder`.
+    """
+    if name in TEXT_MODELS:
+        return load_text_encoder(name, pretrained=pretrained)
     if name not in ZOO:
-        raise ConfigError(f"unknown zoo model {name!r}; known: {sorted(ZOO)}")
+        raise ConfigError(f"unknown zoo model {name!r}; known: {sorted(ZOO)} and text models {sorted(TEXT_MODELS)}")
     model = ZOO[name].factory()
     if pretrained:
         p = weights_dir() / f"{name}.safetensors"

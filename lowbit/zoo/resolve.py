@@ -1,4 +1,6 @@
-"""Resolve a model spec: a zoo name (``fmnist-resnet``) or user code (``path/to/file.py:ClassOrFactory``).
+"""Resolve a model spec: a zoo name (``fmnist-resnet``), a text model (``minilm`` or a local
+sentence-transformers / Hugging Face folder, see :mod:`lowbit.zoo.text`) or user code
+(``path/to/file.py:ClassOrFactory``).
 
 Example:
     >>> type(load_model_spec("fmnist-mlp", pretrained=False)).__name__
@@ -49,19 +51,27 @@ def _load_from_file(spec: str) -> nn.Module:
 
 
 def load_model_spec(spec: str, weights: str | None = None, pretrained: bool = True) -> nn.Module:
-    """Build the model named by ``spec`` (zoo name or ``file.py:Name``) in eval mode.
+    """Build the model named by ``spec`` (zoo name, text model or ``file.py:Name``) in eval mode.
 
     Zoo models get their shipped weights unless ``weights`` is given; user models get
     ``weights`` (a state_dict as ``.safetensors`` or a torch file loaded with ``weights_only=True``).
+    Text models (a name of :data:`~lowbit.zoo.text.TEXT_MODELS` or any existing folder) load as a
+    :class:`~lowbit.zoo.text.TextEncoder` with their pretrained weights unless ``pretrained=False``.
     """
     from . import ZOO, load_model
+    from .text import TEXT_MODELS, load_text_encoder
 
     if ":" in spec and spec.rpartition(":")[0].endswith(".py"):
         model = _load_from_file(spec)
     elif spec in ZOO:
         model = load_model(spec, pretrained=pretrained and weights is None)
+    elif spec in TEXT_MODELS or Path(spec).is_dir():
+        model = load_text_encoder(spec, pretrained=pretrained and weights is None)
     else:
-        raise ModelLoadError(f"unknown model {spec!r}; use a zoo name {sorted(ZOO)} or path/to/file.py:ClassOrFactory")
+        raise ModelLoadError(
+            f"unknown model {spec!r}; use a zoo name {sorted(ZOO)}, a text model {sorted(TEXT_MODELS)} or a folder "
+            "holding a Hugging Face / sentence-transformers model, or path/to/file.py:ClassOrFactory"
+        )
     if weights is not None:
         load_weights_into(model, load_state_dict(weights), source=str(weights))
     return model.eval()
