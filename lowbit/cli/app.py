@@ -92,6 +92,41 @@ def _print_result(r: dict) -> None:
     _console().print(t)
 
 
+def _is_text_spec(model: str) -> bool:
+    from ..zoo.text import TEXT_MODELS
+
+    return model in TEXT_MODELS or Path(model).is_dir()
+
+
+def _quantize_text(model: str, config, recipe: str, corpus: str, json_path: str | None, out: str | None) -> None:
+    from ..algorithms.transformer import TransformerPTQConfig
+    from ..data.text import load_corpus
+    from ..io import atomic_write_text
+    from ..report.transformer import quantize_text_and_measure
+    from ..zoo.resolve import load_model_spec
+    from ..zoo.text import is_text_model
+
+    if not isinstance(config, TransformerPTQConfig):
+        raise ConfigError(f"recipe {recipe!r} is kind {config.kind}; a text encoder takes a transformer-ptq recipe "
+                          "(minilm-w8a8, minilm-w8, minilm-w4-gptq, minilm-w4-awq, minilm-w3-gptq, ...)")
+    float_model = load_model_spec(model)
+    if not is_text_model(float_model):
+        raise ConfigError(f"recipe {recipe!r} (kind transformer-ptq) quantizes text encoders; {model!r} is not one "
+                          "(use minilm or a sentence-transformers folder)")
+    texts = load_corpus(corpus)
+    _, result = quantize_text_and_measure(float_model, config, texts, model_name=model, recipe=Path(recipe).stem)
+    f = result["fidelity"]
+    typer.echo(f"{model} / {result['recipe']}: cosine mean {f['cosine_mean']:.5f} min {f['cosine_min']:.5f}, "
+               f"top-1 {f['top1_agreement']:.3f}, top-5 {f['top5_overlap']:.3f}, spearman {f['spearman']:.4f} "
+               f"on {f['n']} texts; size {result['size_bytes']['ratio']:.3f}x fp32; {result['quantize_seconds']:.1f} s")
+    if json_path:
+        atomic_write_text(json_path, json.dumps(result, indent=1, default=float) + "\n")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(out) / "report.json", json.dumps(result, indent=1, default=float) + "\n")
+        typer.echo(f"report: {Path(out) / 'report.json'}")
+
+
 @app.command()
 @guarded
 def quantize(
@@ -107,8 +142,12 @@ def quantize(
     raise_to: str = typer.Option("w8a8", help="with --max-drop: what a raised layer becomes, w8a8 or float"),
     tune_split: int = typer.Option(5000, help="with --max-drop: test images (seeded) that drive the tuning; the rest report an unseen drop"),
     data_dir: str | None = typer.Option(None, help="Fashion-MNIST folder (default $LOWBIT_DATA or /usr/share/datasets/fashion-mnist)"),
+    corpus: str = typer.Option("en_docs", help="text models: corpus name or .json/.txt path (every 4th passage calibrates, the rest evaluate)"),
 ) -> None:
     """Quantize MODEL with RECIPE, evaluate float and quantized on the 10k test set.
+
+    Text encoders (minilm, or a sentence-transformers folder) take a transformer recipe (minilm-w8a8,
+    minilm-w4-gptq, ...) and report embedding fidelity to the float model on the text corpus instead.
 
     With --max-drop D: accuracy-aware tuning on a held-out split of the test set (--tune-split
     images, seeded); the other images give an independent drop. Exits 1 when D cannot be met
@@ -120,6 +159,13 @@ def quantize(
 
     config = _apply_observer(_quantize_recipe(recipe), observer)
     config = _with_calib_size(config, calib_size)
+    from ..algorithms.transformer import TransformerPTQConfig
+
+    if isinstance(config, TransformerPTQConfig) or _is_text_spec(model):
+        if max_drop is not None:
+            raise ConfigError("--max-drop tunes classifiers on accuracy; text encoders report fidelity (drop the flag)")
+        _quantize_text(model, config, recipe, corpus, json_path, out)
+        return
     if max_drop is not None:
         from ..algorithms.mixed_precision.tuning import check_tuning_args
 
