@@ -15,3 +15,6 @@ from .fmnist import (
 from .fmnist import (
     load_fashion_mnist as load_fashion_mnist,
 )
+from .text import (
+    load_corpus as load_corpus,
+)

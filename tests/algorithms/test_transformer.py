@@ -198,7 +198,7 @@ def test_bad_input_errors():
 
 
 def test_recipes_round_trip():
-    for name in ("minilm-w8a8", "minilm-w8", "minilm-w4-gptq", "minilm-w4-awq", "minilm-w4-rtn", "minilm-w3-gptq", "minilm-w3-rtn"):
+    for name in ("minilm-w8a8", "minilm-w8", "minilm-w4-gptq", "minilm-w4-awq", "minilm-w4-rtn", "minilm-w4-gptq-mixed", "minilm-w3-gptq", "minilm-w3-rtn"):
         cfg = lowbit.load_recipe(name)
         assert isinstance(cfg, TransformerPTQConfig)
         assert TransformerPTQConfig.from_yaml(cfg.to_yaml()) == cfg
