@@ -30,10 +30,16 @@ Lowerings (``lowering=``), all for the same module semantics unless marked *appr
 * ``"matmul_integer"`` — *approximate* the same way: ``DynamicQuantizeLinear + MatMulInteger + Cast + Mul``.
 
 ``optimize=True`` applies ONNX Runtime's transformer fusions (``onnxruntime.transformers.optimizer``,
-``model_type="bert"``: EmbedLayerNormalization, SkipLayerNormalization, BiasGelu, attention) to the float
-graph *before* lowering, so float and int8 graphs get the same fusions; the only difference is that the
-int8 graph fuses attention as ``MultiHeadAttention`` (it takes the projected Q / K / V, so the
-projections stay separate int8 GEMMs) where the float graph uses ``Attention`` (projection inside).
+``model_type="bert"``: EmbedLayerNormalization, SkipLayerNormalization, BiasGelu, attention; ``fusions``
+overrides single ``FusionOptions.enable_*`` switches) to the float graph *before* lowering, so float and int8
+graphs get the same fusions; the only difference is that the int8 graph fuses attention as
+``MultiHeadAttention`` (it takes the projected Q / K / V, so the projections stay separate int8 GEMMs) where
+the float graph uses ``Attention`` (projection inside).
+
+Measured (bench/encoder_speed.py: all-MiniLM-L6-v2, batch 32 x 43 tokens, ONNX Runtime 1.32, 2 vCPUs of an
+AMD EPYC with AVX-512 VNNI, 2 threads, no thread spinning): W8A8 per-token ``"auto"`` 0.46-0.48x float
+latency (``"elementwise"`` 0.57x, the per-tensor ``fast`` 0.40-0.42x); the fusions made BOTH graphs slower on
+that machine (SkipLayerNormalization alone +10-15 ms), so ``optimize=False`` was fastest there.
 
 Example:
     >>> import tempfile, os, torch
@@ -75,7 +81,7 @@ from ..errors import ConfigError, UnsupportedError
 from ..io import atomic_write_bytes
 from .base import module_available
 
-__all__ = ["quantize_linears", "export_encoder_onnx", "encoder_onnx_info", "OrtEncoder", "encoder_latency_ratio", "LOWERINGS"]
+__all__ = ["quantize_linears", "export_encoder_onnx", "encoder_onnx_info", "OrtEncoder", "encoder_latency_ratio", "interleaved_rounds", "LOWERINGS"]
 
 LOWERINGS = ("auto", "elementwise", "dynamic_quantize_matmul", "matmul_integer")
 _APPROXIMATE = {"dynamic_quantize_matmul", "matmul_integer"}
@@ -346,7 +352,7 @@ class _Lowerer:
     itself (``"kernel"``) or by a separate ``Mul`` after it (``"mul"``)."""
 
     amax = "minmax"
-    row_scale = "kernel"
+    row_scale = "mul"  # ORT parallelizes Mul; the kernel's own row scaling is a serial broadcast loop
 
     def __init__(self, graph, plans: dict[str, dict], lowering: str) -> None:
         self.g = graph
@@ -608,14 +614,22 @@ def export_encoder_onnx(
       :func:`encoder_onnx_info` (``exact: False`` and ``approximations``) and as a ``UserWarning``.
     * ``optimize=True`` — ONNX Runtime's BERT fusions before lowering; ``attention`` (``"Attention"``,
       ``"MultiHeadAttention"`` or ``"none"``) defaults to ``Attention`` for float and ``MultiHeadAttention`` for
-      int8 (whose Q / K / V projections must stay outside the fused op to run in int8).
+      int8 (whose Q / K / V projections must stay outside the fused op to run in int8); ``fusions`` sets single
+      ``FusionOptions`` switches, e.g. ``{"enable_skip_layer_norm": False}``. Measure before keeping it: on the
+      2-vCPU test machine the fusions slowed both float and int8 graphs (module docstring).
+
+    Activation granularity: per-token and per-tensor specs keep their exact meaning under ``lowering="auto"`` /
+    ``"elementwise"``; ``fast`` / ``"matmul_integer"`` change per-token to per-tensor (documented, reported).
+    The same holds for a ``smooth`` buffer (an explicit ``Div`` by ``smooth`` before quantizing; layers that share
+    an input and a smoothing vector share one quantization of it).
 
     The export's facts (lowered layers, kernels, exactness, attention op, CPU int8 plan) are stored in the
     ONNX file's metadata; read them with :func:`encoder_onnx_info`.
 
     Raises :class:`~lowbit.errors.UnsupportedError` (not an nn.Module, forward fails on ``example``, a layer
     spec with no exact lowering, no ``QuantLinear`` with ``int8=True``) and :class:`~lowbit.errors.ConfigError`
-    (bad ``example``, ``path`` a directory or under a file, unknown ``lowering`` / ``attention``).
+    (bad ``example``, ``path`` a directory or under a file or not writable, unknown ``lowering`` / ``attention`` /
+    ``fusions`` key).
 
     Example:
         >>> import tempfile, os, torch
@@ -740,7 +754,10 @@ class OrtEncoder:
 
     ``encoder(input_ids, attention_mask, token_type_ids)`` (tensors or a tokenizer's dict via ``**``) returns a
     torch tensor; ``run_numpy(feeds)`` takes a dict of numpy arrays (what :func:`interleaved_latency` calls).
-    Inputs the graph does not read (e.g. ``token_type_ids`` folded away) are dropped.
+    Inputs the graph does not read (e.g. ``token_type_ids`` folded away) are dropped. ``allow_spinning``
+    sets ONNX Runtime's ``session.intra_op.allow_spinning`` (``None``: its default, spinning on). On a small
+    shared VM, spinning worker threads cost a lot between the many small ops of a quantized graph (measured on
+    2 vCPUs, batch 32: per-token int8 68 ms without spinning, 104 ms with; float 166 vs 174 ms).
 
     Example:
         >>> import tempfile, os, torch
@@ -756,7 +773,7 @@ class OrtEncoder:
 
     training = False
 
-    def __init__(self, path, threads: int = 2, optimized_path=None, profile_prefix: str | None = None) -> None:
+    def __init__(self, path, threads: int = 2, optimized_path=None, profile_prefix: str | None = None, allow_spinning: bool | None = None) -> None:
         if not module_available("onnxruntime"):
             raise UnsupportedError("onnxruntime is not installed; install the extra: pip install 'lowbit[onnx]'")
         import onnxruntime as ort
@@ -769,6 +786,8 @@ class OrtEncoder:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
+        if allow_spinning is not None:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
         if optimized_path is not None:
             so.optimized_model_filepath = str(optimized_path)
         if profile_prefix is not None:
@@ -800,11 +819,46 @@ class OrtEncoder:
         return self
 
 
-def encoder_latency_ratio(float_onnx, int8_onnx, batch: Mapping, *, repeats: int = 10, calls: int = 3, threads: int = 2) -> dict:
+def interleaved_rounds(runners: Mapping[str, object], feeds, repeats: int, calls: int = 1, warmup: int = 3) -> dict[str, list[float]]:
+    """Seconds per call of each runner (``run_numpy(feeds)``), round by round: ``warmup`` untimed calls each,
+    then ``repeats`` rounds in which every runner runs ``calls`` times; the order of the runners is reversed
+    every other round, so a drift of the machine (another process, clock changes) hits all of them alike and
+    per-round ratios between runners stay meaningful.
+
+    Example:
+        >>> class Sleepy:
+        ...     def run_numpy(self, feeds): return None
+        >>> r = interleaved_rounds({"a": Sleepy(), "b": Sleepy()}, {}, repeats=3)
+        >>> sorted(r), len(r["a"])
+        (['a', 'b'], 3)
+    """
+    import time
+
+    for r in runners.values():
+        for _ in range(warmup):
+            r.run_numpy(feeds)
+    names = list(runners)
+    out: dict[str, list[float]] = {k: [] for k in names}
+    for i in range(repeats):
+        for k in names if i % 2 == 0 else names[::-1]:
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                runners[k].run_numpy(feeds)
+            out[k].append((time.perf_counter() - t0) / calls)
+    return out
+
+
+def encoder_latency_ratio(
+    float_onnx, int8_onnx, batch: Mapping, *, repeats: int = 10, calls: int = 3, threads: int = 2, allow_spinning: bool | None = None
+) -> dict:
     """Float vs int8 latency of two exported encoders on ONNX Runtime CPU, measured in one run with the same
-    session options (``threads`` intra-op threads): 3 warm-up calls each, then ``repeats`` rounds that time
-    ``calls`` calls of each model in turn (interleaved, so drifts of the machine hit both); each time is the
-    median over rounds of seconds per call. ``ratio = int8_s / float_s`` (< 1: int8 is faster).
+    session options (``threads`` intra-op threads, one inter-op thread, ``allow_spinning`` as in
+    :class:`OrtEncoder`) by :func:`interleaved_rounds`.
+
+    Returns ``float_s`` / ``int8_s`` (median seconds per call over the rounds) and
+    ``ratio = median_r(int8_r / float_r)``, the median of the per-round ratios (robust to the machine slowing
+    down for a while: both models of a round see the same conditions), with ``ratio_q1`` / ``ratio_q3`` its
+    quartiles and ``ratio_of_medians = int8_s / float_s``. ``ratio < 1``: int8 is faster.
 
     ``batch``: the encoder inputs (torch tensors or numpy arrays), e.g. a tokenizer's output.
 
@@ -822,11 +876,9 @@ def encoder_latency_ratio(float_onnx, int8_onnx, batch: Mapping, *, repeats: int
         >>> f = export_encoder_onnx(enc, os.path.join(d, "f.onnx"), example=ex, int8=False)
         >>> i = export_encoder_onnx(q, os.path.join(d, "i.onnx"), example=ex)
         >>> r = encoder_latency_ratio(f, i, ex, repeats=2, calls=1)
-        >>> sorted(r)
-        ['batch', 'calls', 'float_s', 'int8_s', 'ratio', 'repeats', 'runtime', 'seq', 'threads']
+        >>> r["ratio"] > 0, r["batch"], r["seq"]
+        (True, 2, 6)
     """
-    from ..report.bench import interleaved_latency
-
     if repeats < 1 or calls < 1:
         raise ConfigError(f"repeats and calls must be >= 1, got {repeats}, {calls}")
     if not isinstance(batch, Mapping) or "input_ids" not in batch:
@@ -834,14 +886,22 @@ def encoder_latency_ratio(float_onnx, int8_onnx, batch: Mapping, *, repeats: int
     feeds = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)).astype(np.int64) for k, v in batch.items() if k in _INPUTS}
     if "token_type_ids" not in feeds:
         feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
-    runners = {"float": OrtEncoder(float_onnx, threads=threads), "int8": OrtEncoder(int8_onnx, threads=threads)}
-    t = interleaved_latency(runners, feeds, repeats, calls)
+    opts = {"threads": threads, "allow_spinning": allow_spinning}
+    runners = {"float": OrtEncoder(float_onnx, **opts), "int8": OrtEncoder(int8_onnx, **opts)}
+    t = interleaved_rounds(runners, feeds, repeats, calls)
+    ratios = sorted(i / f for i, f in zip(t["int8"], t["float"], strict=True))
+    q1, med, q3 = (float(np.percentile(ratios, q)) for q in (25, 50, 75))
+    f_s, i_s = float(np.median(t["float"])), float(np.median(t["int8"]))
     return {
-        "float_s": t["float"],
-        "int8_s": t["int8"],
-        "ratio": t["int8"] / t["float"],
+        "float_s": f_s,
+        "int8_s": i_s,
+        "ratio": med,
+        "ratio_q1": q1,
+        "ratio_q3": q3,
+        "ratio_of_medians": i_s / f_s,
         "runtime": "onnxruntime-cpu",
         "threads": threads,
+        "allow_spinning": allow_spinning,
         "batch": int(feeds["input_ids"].shape[0]),
         "seq": int(feeds["input_ids"].shape[1]),
         "repeats": repeats,

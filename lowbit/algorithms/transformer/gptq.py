@@ -75,7 +75,7 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, spec: QuantSpec, *, blo
         >>> import torch
         >>> from lowbit.config import QuantSpec
         >>> from lowbit.quant import IntFormat, PerChannel
-        >>> torch.manual_seed(0); X = torch.randn(256, 16); W = torch.randn(4, 16)
+        >>> _ = torch.manual_seed(0); X = torch.randn(256, 16); W = torch.randn(4, 16)
         >>> spec = QuantSpec(format=IntFormat(bits=3), granularity=PerChannel(0))
         >>> H, _ = hessian([X])
         >>> Wq, s, z, info = gptq_quantize(W, H, spec)
