@@ -60,7 +60,12 @@ def run(args: argparse.Namespace) -> dict:
                                  epochs=args.epochs, lr=args.lr, distill=args.distill)
         model = lowbit.prune(model, cfg, train, progress=False)
     elif args.method == "structured":
-        budget = {"latency_ratio": args.latency_ratio} if args.latency_ratio else {"mac_ratio": args.mac_ratio or 0.5}
+        if args.ratios:
+            budget = {"ratios": json.loads(args.ratios)}
+        elif args.latency_ratio:
+            budget = {"latency_ratio": args.latency_ratio}
+        else:
+            budget = {"mac_ratio": args.mac_ratio or 0.5}
         cfg = lowbit.StructuredPruneConfig(criterion=args.criterion, round_to=args.round_to, epochs=args.epochs, lr=args.lr,
                                            distill=args.distill, **budget)
         model = lowbit.prune(model, cfg, train, example=example, progress=False)
@@ -134,6 +139,7 @@ def main() -> None:
     ap.add_argument("--mac-ratio", type=float, default=None)
     ap.add_argument("--round-to", type=int, default=8)
     ap.add_argument("--latency-ratio", type=float, default=None, help="structured: latency budget measured on ORT")
+    ap.add_argument("--ratios", default=None, help='structured: per-group removal ratios as JSON, e.g. \'{"stem.0": 0.25}\'')
     ap.add_argument("--energy", type=float, default=0.9)
     ap.add_argument("--lowrank-method", default="auto")
     ap.add_argument("--epochs", type=int, default=3)

@@ -181,6 +181,7 @@ def quantize_(
     data: Any = None,
     transform_fn: Callable[[Any], torch.Tensor] | None = None,
     calibrate: bool = True,
+    sharded: bool = False,
 ) -> nn.Module:
     """Quantize ``model`` according to ``config``, calibrating on ``data`` when the config needs it.
 
@@ -197,6 +198,10 @@ def quantize_(
         calibrate: set False to calibrate later with ``with lowbit.calibrating(model): ...``
             (only for configs without a refinement step: AdaRound, iterative, DFQ with empirical
             bias correction and ZeroQ with fine-tuning raise ``ConfigError``).
+        sharded: in a ``torch.distributed`` run, every rank passes the whole ``data``, observes only its
+            share and the observer statistics are all-reduced (:func:`lowbit.distributed.calibrate_sharded`:
+            the same grids as one process on the whole set). Refinements after calibration run on every
+            rank's full data.
 
     Raises:
         ConfigError: unknown config type, a config applied by its own verb (``DynamicConfig``:
@@ -230,7 +235,11 @@ def quantize_(
             raise CalibrationError(f"{type(config).__name__} (kind {config.kind}) needs calibration data for {' and '.join(why)}: "
                                    "pass data= (an iterable of batches, e.g. lowbit.data.load_fashion_mnist('train').subset(512))")
         inputs = collect_inputs(data, transform_fn=transform_fn, max_samples=getattr(config, "calib_size", None))
-        if needs_calib:
+        if needs_calib and sharded:
+            from .distributed import calibrate_sharded
+
+            info["calibration_samples"] = calibrate_sharded(model, inputs)
+        elif needs_calib:
             info["calibration_samples"] = _run_calibration(model, inputs)
         if refiner is not None:
             info.update(refiner(model, config, inputs))

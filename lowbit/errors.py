@@ -46,3 +46,7 @@ class WeightsError(LowbitError, ValueError):
 
 class ModelLoadError(LowbitError, ValueError):
     """A model spec (zoo name or ``file.py:Name``) cannot be resolved."""
+
+
+class DistributedError(LowbitError, RuntimeError):
+    """A distributed run cannot go on: ranks disagree (config, data), a peer died, or no process group to join."""

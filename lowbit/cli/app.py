@@ -323,12 +323,21 @@ def qat(
     data_dir: str | None = typer.Option(None, help="Fashion-MNIST folder"),
     device: str = typer.Option("cpu", help="where the training loop runs: cpu, cuda, cuda:N, mps or auto (calibration, "
                                "convert and evaluation stay on the CPU)"),
+    comm: str | None = typer.Option(None, help="under torchrun: send quantized gradients between the processes (terngrad, "
+                                    "int8, int4, sign; default: DDP's fp32 all-reduce)"),
+    comm_error_feedback: bool | None = typer.Option(None, "--comm-error-feedback/--no-comm-error-feedback",
+                                                    help="keep the quantization residual locally (default: per method)"),
 ) -> None:
-    """Quantization-aware training: prepare MODEL with a QAT recipe, train, convert, evaluate on the 10k test set."""
+    """Quantization-aware training: prepare MODEL with a QAT recipe, train, convert, evaluate on the 10k test set.
+
+    Under ``torchrun --nproc-per-node N -m lowbit qat ...`` the N processes calibrate on shards of the calibration
+    set, train with DistributedDataParallel on slices of every minibatch, and rank 0 evaluates and writes the
+    checkpoint, JSON and model."""
     import copy
 
     import torch
 
+    from .. import distributed as lbd
     from ..algorithms.qat import QATConfig, train
     from ..algorithms.qat.trainer import resolve_device
     from ..api import evaluate, quantize_
@@ -338,6 +347,15 @@ def qat(
     from ..zoo.resolve import load_model_spec
 
     resolve_device(device)  # refuse a missing accelerator before any work
+    multi = lbd.launched() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if multi:
+        lbd.init_distributed(backend="nccl" if device != "cpu" else "gloo")
+        if not lbd.is_main():
+            os.environ["LOWBIT_PROGRESS"] = "0"
+    if comm is not None and not multi:
+        raise ConfigError(f"--comm {comm} compresses the gradients exchanged between processes; start the run with "
+                          "torchrun --nproc-per-node N (N > 1) -m lowbit qat ..., or drop --comm")
+    main = lbd.is_main()
     config = load_recipe(recipe)
     if not isinstance(config, QATConfig):
         raise ConfigError(f"recipe {recipe!r} is kind {config.kind}; lowbit qat needs a kind: qat recipe (see lowbit recipes)")
@@ -349,14 +367,20 @@ def qat(
     train_set = load_fashion_mnist("train", data_dir)
     if config.train_size is not None:
         train_set = train_set.subset(config.train_size, seed=config.seed + 1)
-    fp32 = evaluate(float_model, test, progress="evaluating fp32")
-    prepared = quantize_(copy.deepcopy(float_model), config, data=calib)
-    ptq_acc = evaluate(prepared, test, progress="evaluating the initial grids")
+    if multi:
+        lbd.agree({"model": model, "recipe": config.to_dict(), "train_images": len(train_set), "comm": comm}, "run arguments")
+    fp32 = evaluate(float_model, test, progress="evaluating fp32") if main else float("nan")
+    prepared = quantize_(copy.deepcopy(float_model), config, data=calib, sharded=multi)
+    ptq_acc = evaluate(prepared, test, progress="evaluating the initial grids") if main else float("nan")
     run_info = train(prepared, train_set, epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
                      optimizer=config.optimizer, weight_decay=config.weight_decay,
                      teacher=float_model if config.distill else None, temperature=config.temperature,
                      distill_weight=config.distill_weight, checkpoint=checkpoint, seed=config.seed,
-                     fingerprint={"model": model, "recipe": config.to_dict()}, device=device)
+                     fingerprint={"model": model, "recipe": config.to_dict()}, device=device,
+                     comm=comm, comm_error_feedback=comm_error_feedback)
+    if not main:  # the trained model is the same on every rank: rank 0 evaluates and writes
+        lbd.shutdown()
+        return
     qmodel = quantize_(prepared, config.replace(step="convert"))
     acc = evaluate(qmodel, test, progress="evaluating")
     result = {"model": model, "recipe": Path(recipe).stem, "fp32_accuracy": fp32, "initial_accuracy": ptq_acc,
@@ -364,10 +388,12 @@ def qat(
               "epochs": config.epochs, "distill": config.distill, "train_seconds": run_info["seconds"],
               "device": run_info["device"] + (f" ({torch.cuda.get_device_name()})" if run_info["device"].startswith("cuda") else ""),
               "resumed_from_epoch": run_info["resumed_from"], "history": run_info["history"], "config": config.to_dict(),
-              "qat": qmodel.lowbit_info.get("qat", {})}
+              "qat": qmodel.lowbit_info.get("qat", {}), "step_losses": run_info["step_losses"],
+              "distributed": run_info.get("distributed")}
     from rich.table import Table
 
-    t = Table(title=f"{model} / {result['recipe']} ({config.epochs} epochs on {len(train_set)} images)")
+    procs = f", {lbd.world_size()} processes" if multi else ""
+    t = Table(title=f"{model} / {result['recipe']} ({config.epochs} epochs on {len(train_set)} images{procs})")
     for h in ("fp32 acc %", "initial grids %", "QAT acc %", "drop pp", "train s"):
         t.add_column(h, justify="right")
     t.add_row(f"{fp32:.2f}", f"{ptq_acc:.2f}", f"{acc:.2f}", f"{fp32 - acc:+.2f}", f"{run_info['seconds']:.0f}")
@@ -379,6 +405,7 @@ def qat(
 
         save(qmodel, out, model_spec=model)
         typer.echo(f"converted model: {out}")
+    lbd.shutdown()
 
 
 def _int_list(text: str, flag: str) -> list[int]:

@@ -81,16 +81,31 @@ class HistogramObserver(Observer):
         cum = torch.cat([torch.zeros_like(self.hist[:, :1]), self.hist.cumsum(1)], dim=1)
         return _interp(points, self.edges(), cum)
 
+    def fix_range(self, lo: torch.Tensor, hi: torch.Tensor, param_shape: tuple[int, ...]) -> None:
+        """Start an empty histogram on the known range ``[lo, hi]`` (per row, e.g. all-reduced over the
+        ranks of a sharded calibration) so no batch inside it re-bins: the counts then depend only on the
+        values seen, not their order, and histograms of shards sum to the histogram of the whole set.
+
+        >>> ob = HistogramObserver(bins=16)
+        >>> ob.fix_range(torch.tensor([-1.0]), torch.tensor([1.0]), ())
+        >>> ob.update(torch.tensor([-1.0, 0.0, 0.99])); ob.hist.sum().item(), ob.hist[0, 8].item()
+        (3.0, 1.0)
+        """
+        self._set_range(lo.reshape(-1).double(), hi.reshape(-1).double())
+        self.param_shape = tuple(param_shape)
+
+    def _set_range(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        same = hi <= lo
+        # a constant row gets a tiny non-empty range so bins have positive width
+        pad = torch.where(lo.abs() > 0, lo.abs() * 1e-6, torch.full_like(lo, 1e-8))
+        self.lo = torch.where(same, lo - pad, lo)
+        self.hi = torch.where(same, hi + pad, hi)
+        self.hist = torch.zeros(lo.shape[0], self.bins, dtype=torch.float64)
+
     def _update(self, xv: torch.Tensor) -> None:
         blo, bhi = (t.double() for t in torch.aminmax(xv, dim=1))
         if self.hist is None:
-            self.lo, self.hi = blo, bhi
-            same = self.hi <= self.lo
-            # a constant row gets a tiny non-empty range so bins have positive width
-            pad = torch.where(self.lo.abs() > 0, self.lo.abs() * 1e-6, torch.full_like(self.lo, 1e-8))
-            self.lo = torch.where(same, self.lo - pad, self.lo)
-            self.hi = torch.where(same, self.hi + pad, self.hi)
-            self.hist = torch.zeros(xv.shape[0], self.bins, dtype=torch.float64)
+            self._set_range(blo, bhi)
         elif bool((blo < self.lo).any() or (bhi > self.hi).any()):
             new_lo, new_hi = torch.minimum(self.lo, blo), torch.maximum(self.hi, bhi)
             t = torch.linspace(0, 1, self.bins + 1, dtype=torch.float64)

@@ -74,6 +74,15 @@ def load_model(name: str, pretrained: bool = True) -> nn.Module:
     return model.eval()
 
 
+def load(name: str, pretrained: bool = True) -> nn.Module:
+    """Same as :func:`load_model` (``lowbit.zoo.load("minilm")``, ``lowbit.zoo.load("fmnist-resnet")``).
+
+    >>> type(load("fmnist-mlp", pretrained=False)).__name__
+    'FmnistMLP'
+    """
+    return load_model(name, pretrained=pretrained)
+
+
 def model_card(name: str) -> dict:
     """The model card JSON of a trained zoo model."""
     if name not in ZOO:

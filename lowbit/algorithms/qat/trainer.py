@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..._progress import track
@@ -215,6 +216,9 @@ def train(
     progress: bool = True,
     device: str | torch.device | None = None,
     step_hook: Callable[[int, int], None] | None = None,
+    distributed: bool | None = None,
+    comm: str | None = None,
+    comm_error_feedback: bool | None = None,
 ) -> dict:
     """Train ``model`` in place (see the module docstring). Returns ``{"history": [...], "seconds": s,
     "resumed_from": epoch or None, "device": name}``; each history entry has ``epoch, loss, lr, seconds``
@@ -223,10 +227,29 @@ def train(
     before every optimizer step's forward pass (``step`` counts from 0 over the whole run, ``total`` steps in
     all) — e.g. a pruning schedule that updates the masks as training goes.
 
+    Data-parallel training (``torchrun``): with a ``torch.distributed`` process group of N > 1 processes up
+    (``distributed=None`` detects it; ``True`` joins the launcher's group or fails; ``False`` trains
+    alone), the model is wrapped in ``DistributedDataParallel`` and every rank takes its slice of each
+    *global* minibatch of ``batch_size`` samples (``tensor_split`` over ranks; every rank draws the same
+    ``(seed, epoch)`` order, so a tensor dataset is cut identically everywhere). Rank ``r``'s loss is
+    scaled by ``N n_r / n`` before DDP averages the gradients, so the step equals the one-process step on
+    the whole minibatch (up to float summation order) even when the last minibatch does not split evenly:
+    ``(1/N) sum_r (N n_r / n) grad L_r = grad (1/n) sum_i l_i``. Parameters and buffers (LSQ steps,
+    observers, BatchNorm statistics) start from rank 0's and DDP keeps them in step; every rank must
+    agree on the model structure, hyper-parameters and data size before the first step
+    (:func:`lowbit.distributed.agree`). Only rank 0 writes the checkpoint; since it holds the plain
+    model, optimizer and step, a run resumes with any number of processes. ``comm`` sends quantized
+    gradients instead of fp32 (``"terngrad"``, ``"int8"``, ``"int4"``, ``"sign"``;
+    :mod:`lowbit.distributed.comm`, error feedback per ``comm_error_feedback``, default per method) and
+    the result's ``distributed.comm`` counts the bytes sent. A peer that dies makes the others stop with
+    a :class:`~lowbit.errors.DistributedError` naming the last complete checkpoint.
+    The result also holds ``step_losses``: the loss of the first 32 steps (over the global minibatch).
+
     Raises:
         ConfigError: bad hyper-parameters, data of an unknown shape, batches without labels when the
             loss needs them (no teacher, or ``distill_weight < 1``).
         CheckpointError: ``checkpoint`` is unreadable or belongs to another model / recipe.
+        DistributedError: ``distributed=True`` without a launcher, ranks that disagree, a dead peer.
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -242,6 +265,7 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("the model has no trainable parameter (every requires_grad is False)")
+    dist_on = _use_distributed(distributed, comm)
     dev = resolve_device(device)
     if dev.type != "cpu":
         model.to(dev)
@@ -257,7 +281,7 @@ def train(
         return _train(model, data, dev, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, weight_decay=weight_decay,
                       teacher=teacher, temperature=temperature, distill_weight=distill_weight, val_data=val_data, checkpoint=checkpoint,
                       resume=resume, fingerprint=fingerprint, seed=seed, transform_fn=transform_fn, progress=progress,
-                      step_hook=step_hook)
+                      step_hook=step_hook, dist_on=dist_on, comm=comm, comm_error_feedback=comm_error_feedback)
     finally:
         if dev.type != "cpu":
             model.to("cpu")
@@ -268,7 +292,8 @@ def train(
 def _train(model: nn.Module, data: Any, dev: torch.device, *, epochs: int, lr: float, batch_size: int, optimizer: str,
            weight_decay: float, teacher: nn.Module | None, temperature: float, distill_weight: float, val_data: Any,
            checkpoint: str | os.PathLike | None, resume: bool, fingerprint: dict | None, seed: int,
-           transform_fn: Callable[[Any], Any] | None, progress: bool, step_hook: Callable[[int, int], None] | None = None) -> dict:
+           transform_fn: Callable[[Any], Any] | None, progress: bool, step_hook: Callable[[int, int], None] | None = None,
+           dist_on: bool = False, comm: str | None = None, comm_error_feedback: bool | None = None) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     quant_params = {id(p) for m in model.modules() if isinstance(m, LearnedQuant) for p in m.parameters(recurse=False)}
     decay = [p for n, p in model.named_parameters() if p.requires_grad and id(p) not in quant_params and n.endswith("weight")]
@@ -293,43 +318,139 @@ def _train(model: nn.Module, data: Any, dev: torch.device, *, epochs: int, lr: f
         resumed = start
     if teacher is not None:
         teacher.eval()
+    net, hook, world, me = model, None, 1, 0
+    if dist_on:
+        net, hook = _wrap_ddp(model, dev, fp, start, steps_per_epoch, comm, comm_error_feedback, seed)
+        world, me = dist.get_world_size(), dist.get_rank()
+    main = me == 0
+    step_losses: list[float] = []
     t_all = time.perf_counter()
-    for epoch in range(start, epochs):
-        t0 = time.perf_counter()
-        model.train()
-        batches, n = minibatches(data, batch_size, seed, epoch)
-        total_loss, seen = 0.0, 0
-        it = track(batches, f"epoch {epoch + 1}/{epochs}", total=n) if progress else batches
-        for batch in it:
-            x, y = split_batch(batch, transform_fn)
-            if dev.type != "cpu":
-                x = x.to(dev, non_blocking=True)
-                y = y.to(dev, non_blocking=True) if isinstance(y, torch.Tensor) else y
-            if not torch.isfinite(x).all():
-                raise CalibrationError("a training batch holds NaN/Inf values; clean the data first")
-            for m in learned:
-                m.set_progress(sched.last_epoch / total)
-            if step_hook is not None:
-                step_hook(sched.last_epoch, total)
-            out = model(x)
-            loss = task_loss(out, x, y, teacher, temperature=temperature, weight=distill_weight)
-            regs = [r for m in learned if (r := m.regularization()) is not None]
-            if regs:
-                loss = loss + torch.stack(regs).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total_loss += float(loss.detach()) * x.shape[0]
-            seen += x.shape[0]
-        model.eval()
-        entry = {"epoch": epoch + 1, "loss": total_loss / max(1, seen), "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
-        if val_data is not None:
-            entry["val_accuracy"] = _accuracy(model.cpu(), val_data)
-            model.to(dev)
-        history.append(entry)
-        if path is not None:
-            _save(path, {"format": FORMAT, "version": VERSION, "fingerprint": fp, "epoch": epoch + 1, "history": history,
-                         "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
+    guard = _guard(dist_on, path)
+    with guard:
+        for epoch in range(start, epochs):
+            t0 = time.perf_counter()
+            model.train()
+            batches, n = minibatches(data, batch_size, seed, epoch)
+            task_sum = torch.zeros((), dtype=torch.float64)
+            reg_sum, seen = 0.0, 0
+            it = track(batches, f"epoch {epoch + 1}/{epochs}", total=n) if progress and main else batches
+            for batch in it:
+                x, y = split_batch(batch, transform_fn)
+                if not torch.isfinite(x).all():  # checked on the global batch: every rank raises alike
+                    raise CalibrationError("a training batch holds NaN/Inf values; clean the data first")
+                n_all = x.shape[0]
+                if world > 1:
+                    lo, hi = _share(n_all, world, me)
+                    x, y = x[lo:hi], (y[lo:hi] if isinstance(y, torch.Tensor) else y)
+                if dev.type != "cpu":
+                    x = x.to(dev, non_blocking=True)
+                    y = y.to(dev, non_blocking=True) if isinstance(y, torch.Tensor) else y
+                for m in learned:
+                    m.set_progress(sched.last_epoch / total)
+                if step_hook is not None:
+                    step_hook(sched.last_epoch, total)
+                out = net(x)
+                # an empty share (a last minibatch smaller than the world) still joins the gradient all-reduce
+                task = (task_loss(out, x, y, teacher, temperature=temperature, weight=distill_weight) if x.shape[0]
+                        else out.sum() * 0.0)
+                loss = task * (x.shape[0] * world / n_all)
+                regs = [r for m in learned if (r := m.regularization()) is not None]
+                reg = torch.stack(regs).sum() if regs else None
+                if reg is not None:
+                    loss = loss + reg
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step_task = task.detach().double().cpu() * x.shape[0]
+                if world > 1:
+                    dist.all_reduce(step_task)
+                task_sum += step_task
+                reg_value = float(reg.detach()) if reg is not None else 0.0
+                reg_sum += reg_value * n_all
+                seen += n_all
+                if len(step_losses) < 32 and start == 0:
+                    step_losses.append(float(step_task) / n_all + reg_value)
+            model.eval()
+            entry = {"epoch": epoch + 1, "loss": (float(task_sum) + reg_sum) / max(1, seen), "lr": opt.param_groups[0]["lr"],
+                     "seconds": time.perf_counter() - t0}
+            if val_data is not None:
+                entry["val_accuracy"] = _accuracy(model.cpu(), val_data)
+                model.to(dev)
+            history.append(entry)
+            if path is not None and main:
+                _save(path, {"format": FORMAT, "version": VERSION, "fingerprint": fp, "epoch": epoch + 1, "history": history,
+                             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
     model.eval()
-    return {"history": history, "seconds": time.perf_counter() - t_all, "resumed_from": resumed, "device": str(dev)}
+    out_info = {"history": history, "seconds": time.perf_counter() - t_all, "resumed_from": resumed, "device": str(dev),
+                "step_losses": step_losses}
+    if dist_on:
+        out_info["distributed"] = {"world_size": world, "rank": me, "backend": dist.get_backend(),
+                                   "comm": hook.stats() if hook is not None else {"method": "fp32 (DDP all-reduce)"}}
+        del net
+    return out_info
+
+
+def _share(n: int, world: int, r: int) -> tuple[int, int]:
+    """Rank ``r``'s slice ``[lo, hi)`` of a global minibatch of ``n`` samples (``torch.tensor_split`` sizes:
+    the first ``n % world`` ranks get one more).
+
+    >>> [_share(5, 2, r) for r in range(2)]
+    [(0, 3), (3, 5)]
+    """
+    q, extra = divmod(n, world)
+    lo = r * q + min(r, extra)
+    return lo, lo + q + (1 if r < extra else 0)
+
+
+def _use_distributed(distributed: bool | None, comm: str | None) -> bool:
+    from ...distributed import runtime as rt
+    from ...distributed.comm import METHODS
+
+    if comm is not None and comm not in METHODS:
+        raise ConfigError(f"comm must be one of {list(METHODS)} (gradient codec between processes), got {comm!r}")
+    if distributed not in (None, True, False):
+        raise ConfigError(f"distributed must be true, false or null (auto), got {distributed!r}")
+    if distributed is None:
+        on = rt.active()
+    elif distributed:
+        rt.init_distributed()
+        on = rt.active()
+    else:
+        on = False
+    if comm is not None and not on:
+        raise ConfigError(f"comm={comm!r} compresses the gradients DDP exchanges between processes, but this run is not "
+                          "distributed; start it with torchrun --nproc-per-node N (N > 1) or drop comm")
+    return on
+
+
+def _guard(dist_on: bool, path: Path | None):
+    from contextlib import nullcontext
+
+    if not dist_on:
+        return nullcontext()
+    from ...distributed.runtime import collective_guard
+
+    return collective_guard("training", checkpoint=path)
+
+
+def _wrap_ddp(model: nn.Module, dev: torch.device, fp: dict, start: int, steps: int, comm: str | None,
+              comm_error_feedback: bool | None, seed: int):
+    """``DistributedDataParallel(model)`` after every rank agreed on the setup; the gradient hook when ``comm``."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from ...distributed.runtime import agree, collective_guard
+
+    agree({"fingerprint": fp, "start_epoch": start, "steps_per_epoch": steps, "comm": comm,
+           "comm_error_feedback": comm_error_feedback, "seed": seed}, "training setup")
+    with collective_guard("wrapping the model in DistributedDataParallel"):
+        # static_graph: the same parameters take part in every step (a quantizer parameter a method never
+        # uses is found once, not searched for at every step as find_unused_parameters would)
+        ddp = DistributedDataParallel(model, device_ids=[dev.index or 0] if dev.type == "cuda" else None, static_graph=True)
+    hook = None
+    if comm is not None:
+        from ...distributed.comm import register
+
+        hook = register(ddp, method=comm, error_feedback=comm_error_feedback, seed=seed)
+    return ddp, hook
+

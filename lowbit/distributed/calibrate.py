@@ -1,0 +1,196 @@
+"""Sharded calibration: every rank observes its share of the calibration set; the observers' statistics
+are all-reduced so every rank ends with the quantization parameters of the whole set.
+
+Statistics and how they combine (``r`` runs over ranks):
+
+* min-max (``minmax``): ``lo = min_r lo_r``, ``hi = max_r hi_r`` — all-reduce MIN / MAX. Min and max do not
+  depend on order, so the result is **bit-identical** to one process calibrating on the whole set with
+  :func:`lowbit.calibrate`.
+* histograms (``percentile``, ``mse``, ``entropy``, ``aciq``): two passes. Pass 1 finds the global range
+  as above; pass 2 counts every value into fixed bins on that range
+  (:meth:`~lowbit.observe.histogram.HistogramObserver.fix_range`) and the counts are all-reduced with SUM
+  (float64 counts of integers: exact). The histogram of the shards is then exactly the histogram of the
+  whole set, and so is every range proposed from it: bit-identical to ``calibrate_sharded`` in one
+  process. (:func:`lowbit.calibrate`'s one-pass streaming histogram re-bins whenever the range grows, so
+  it depends on batch order and differs from this exact one in the last bits.)
+* the moving average (``ema``) depends on batch order: it has no sharded equivalent and is refused.
+
+Example (one process: the whole set is this rank's shard):
+    >>> import copy, torch, lowbit
+    >>> from lowbit.zoo.models import FmnistMLP
+    >>> torch.manual_seed(0) and None
+    >>> f, x = FmnistMLP(), torch.randn(64, 1, 28, 28)
+    >>> a = lowbit.quantize_(copy.deepcopy(f), lowbit.PTQConfig(), data=[x])               # min-max observers
+    >>> b = lowbit.quantize_(copy.deepcopy(f), lowbit.PTQConfig(), calibrate=False)
+    >>> calibrate_sharded(b, [x[:40], x[40:]])
+    64
+    >>> all(torch.equal(p.scale, q.scale) for p, q in zip(lowbit.activation_quantizers(a), lowbit.activation_quantizers(b)))
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..errors import CalibrationError, ConfigError
+from ..nn import ActQuant
+from ..observe.histogram import HistogramObserver
+from ..observe.minmax import MinMaxObserver, MovingAverageMinMaxObserver
+from .runtime import active, agree, collective_guard, rank, world_size
+
+
+def shard_batches(batches: list[torch.Tensor], rank_: int | None = None, world: int | None = None) -> list[torch.Tensor]:
+    """This rank's share of a list of input batches: every batch cut into ``world`` near-equal slices
+    along dim 0 (``torch.tensor_split``), slice ``rank`` kept, empty slices dropped. The shares of all ranks
+    together hold every sample exactly once.
+
+    >>> [b.tolist() for b in shard_batches([torch.arange(5.0)], 1, 2)]
+    [[3.0, 4.0]]
+    """
+    r = rank() if rank_ is None else rank_
+    n = world_size() if world is None else world
+    out = [b.tensor_split(n)[r] for b in batches]
+    return [b for b in out if b.shape[0] > 0]
+
+
+def _quantizers(model: nn.Module) -> list[ActQuant]:
+    return [m for m in model.modules() if isinstance(m, ActQuant) and not m.spec.dynamic and m.grid_source is None]
+
+
+def _sync_minmax(obs: list[MinMaxObserver]) -> None:
+    """All-reduce the observers' ranges (MIN / MAX) and batch counts (SUM), in one collective each."""
+    if not active():
+        return
+    lo = torch.cat([o.min_val.reshape(-1).float() for o in obs])
+    hi = torch.cat([o.max_val.reshape(-1).float() for o in obs])
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    n = torch.tensor([o.num_batches for o in obs], dtype=torch.int64)
+    dist.all_reduce(n, op=dist.ReduceOp.SUM)
+    i = 0
+    for k, o in enumerate(obs):
+        m = o.min_val.numel()
+        o.min_val, o.max_val = lo[i : i + m].reshape(o.min_val.shape), hi[i : i + m].reshape(o.max_val.shape)
+        o.num_batches = int(n[k])
+        i += m
+
+
+def _sync_histograms(obs: list[HistogramObserver]) -> None:
+    if not active() or not obs:
+        return
+    flat = torch.cat([o.hist.reshape(-1) for o in obs])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    n = torch.tensor([o.num_batches for o in obs], dtype=torch.int64)
+    dist.all_reduce(n, op=dist.ReduceOp.SUM)
+    i = 0
+    for k, o in enumerate(obs):
+        m = o.hist.numel()
+        o.hist = flat[i : i + m].reshape(o.hist.shape)
+        o.num_batches = int(n[k])
+        i += m
+
+
+@torch.no_grad()
+def _run(model: nn.Module, inputs: list[torch.Tensor]) -> None:
+    for x in inputs:
+        model(x)
+
+
+def _check_everyone_observed(qs: list[ActQuant], names: dict[int, str]) -> None:
+    """Every quantizer must have seen data on every rank (else a rank has no range to contribute);
+    decided on the gathered counts, so every rank raises the same error."""
+    seen = torch.tensor([int(q.observer is not None and q.observer.num_batches > 0) for q in qs], dtype=torch.int64)
+    low = seen.clone()
+    if active():
+        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    missing = [names[id(q)] for q, s in zip(qs, low.tolist(), strict=True) if not s]
+    if missing:
+        raise CalibrationError(f"activation quantizers saw no data on at least one rank: {missing[:5]}; give every rank at "
+                               "least one calibration batch that reaches every layer")
+
+
+def calibrate_sharded(
+    model: nn.Module,
+    data: Any,
+    *,
+    transform_fn: Callable[[Any], torch.Tensor] | None = None,
+    max_samples: int | None = None,
+    shard: bool = True,
+) -> int:
+    """Calibrate ``model``'s activation quantizers on ``data`` split over the ranks (module docstring).
+
+    Args:
+        model: a model prepared with ``lowbit.quantize_(..., calibrate=False)`` (the same on every rank).
+        data: the calibration batches. ``shard=True``: every rank passes the whole set and keeps its share
+            (:func:`shard_batches`); ``shard=False``: ``data`` is already this rank's own shard.
+        transform_fn, max_samples: as in :func:`lowbit.calibrate` (``max_samples`` before sharding).
+
+    Returns the number of samples seen by all ranks together.
+
+    Raises:
+        ConfigError: an ``ema`` observer (order-dependent: no sharded equivalent).
+        CalibrationError: no data, NaN/Inf, a quantizer some rank never reached.
+        DistributedError: the ranks disagree on the model's quantizers or a peer died.
+    """
+    from ..api import collect_inputs
+
+    qs = _quantizers(model)
+    if not qs:
+        raise CalibrationError("the model has no static activation quantizers to calibrate; quantize_ it with a config first")
+    names = {id(m): n for n, m in model.named_modules()}
+    ema = sorted({names[id(q)] for q in qs if q.spec.observer == MovingAverageMinMaxObserver.name})
+    if ema:
+        raise ConfigError(f"the ema observer depends on batch order and cannot be sharded (quantizers {ema[:3]}); use minmax "
+                          "or a histogram observer (percentile, mse, entropy, aciq)")
+    agree([(names[id(q)], q.spec.describe()) for q in qs], "activation quantizers")
+    inputs = collect_inputs(data, transform_fn=transform_fn, max_samples=max_samples)
+    if shard:
+        inputs = shard_batches(inputs)
+    was_training = model.training
+    model.eval()
+    sharers = [m for m in model.modules() if isinstance(m, ActQuant) and m.grid_source is not None and not m.spec.dynamic]
+    for q in qs:
+        q.start_observing()
+    try:
+        with collective_guard("sharded calibration"):
+            hist = {id(q): q.observer for q in qs if isinstance(q.observer, HistogramObserver)}
+            for q in qs:  # pass 1: ranges only
+                if id(q) in hist:
+                    q.observer = MinMaxObserver(q.observer.granularity)
+            _run(model, inputs)
+            _check_everyone_observed(qs, names)
+            _sync_minmax([q.observer for q in qs])
+            if hist:  # pass 2: exact histograms on the global ranges
+                for q in qs:
+                    if id(q) in hist:
+                        mm, h = q.observer, hist[id(q)]
+                        h.fix_range(mm.min_val, mm.max_val, mm.param_shape)
+                        q.observer = h
+                        q.state = "observe"
+                for q in qs:
+                    if id(q) not in hist:
+                        q.state = "hold"  # observed already: pass 2 must not count its data twice
+                _run(model, inputs)
+                for q in qs:
+                    if id(q) not in hist:
+                        q.state = "observe"
+                _sync_histograms([h for h in hist.values()])
+            total = torch.tensor([sum(int(x.shape[0]) for x in inputs)], dtype=torch.int64)
+            if active():
+                dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        for q in qs:
+            q.finish_observing()
+        for q in sharers:
+            q.finish_observing()
+    except BaseException:
+        for q in qs:
+            q.abort_observing()
+        model.train(was_training)
+        raise
+    model.train(was_training)
+    return int(total)
