@@ -323,7 +323,7 @@ def qat(
     data_dir: str | None = typer.Option(None, help="Fashion-MNIST folder"),
     device: str = typer.Option("cpu", help="where the training loop runs: cpu, cuda, cuda:N, mps or auto (calibration, "
                                "convert and evaluation stay on the CPU)"),
-    comm: str | None = typer.Option(None, help="under torchrun: send quantized gradients between the processes (terngrad, "
+    comm: str | None = typer.Option(None, help="under torchrun: send quantized gradients between the processes (terngrad, ternary, "
                                     "int8, int4, sign; default: DDP's fp32 all-reduce)"),
     comm_error_feedback: bool | None = typer.Option(None, "--comm-error-feedback/--no-comm-error-feedback",
                                                     help="keep the quantization residual locally (default: per method)"),

@@ -239,7 +239,7 @@ def train(
     agree on the model structure, hyper-parameters and data size before the first step
     (:func:`lowbit.distributed.agree`). Only rank 0 writes the checkpoint; since it holds the plain
     model, optimizer and step, a run resumes with any number of processes. ``comm`` sends quantized
-    gradients instead of fp32 (``"terngrad"``, ``"int8"``, ``"int4"``, ``"sign"``;
+    gradients instead of fp32 (``"terngrad"``, ``"ternary"``, ``"int8"``, ``"int4"``, ``"sign"``;
     :mod:`lowbit.distributed.comm`, error feedback per ``comm_error_feedback``, default per method) and
     the result's ``distributed.comm`` counts the bytes sent. A peer that dies makes the others stop with
     a :class:`~lowbit.errors.DistributedError` naming the last complete checkpoint.
