@@ -27,6 +27,7 @@ from lowbit.distributed.comm import (
     payload_bytes,
     register,
     sign,
+    ternary,
     terngrad,
     uniform,
     unpack_codes,
@@ -34,7 +35,7 @@ from lowbit.distributed.comm import (
 from lowbit.errors import ConfigError
 from lowbit.export.bitpack import pack_bits
 
-COMPRESSED = ("terngrad", "int8", "int4", "sign")
+COMPRESSED = ("terngrad", "int8", "int4", "sign", "ternary")
 
 
 def _grad(n: int = 64, seed: int = 0) -> torch.Tensor:
@@ -68,6 +69,30 @@ def test_uniform_is_unbiased(bits):
     qmax = 2 ** (bits - 1) - 1
     assert s.item() == pytest.approx(g.abs().max().item() / qmax, rel=1e-6)
     assert codes.abs().max().item() == qmax  # the largest entry sits on the last level
+
+
+def test_ternary_is_twn_thresholding():
+    g = torch.tensor([1.0, -3.0, 0.1, 0.0, 0.8])  # mean|g| = 0.98, Delta = 0.686: keep 1.0, -3.0, 0.8
+    codes, s = ternary(g)
+    assert codes.tolist() == [1, -1, 0, 0, 1] and s.item() == pytest.approx(4.8 / 3)
+    codes, s = ternary(torch.zeros(4))
+    assert codes.abs().sum().item() == 0 and s.item() == 0.0
+    # least squares in the kept support: no other scale fits the kept entries better
+    err = lambda a: float(((g - a * codes_ref) ** 2).sum())  # noqa: E731
+    codes_ref = ternary(g)[0].float()
+    best = ternary(g)[1].item()
+    assert err(best) <= min(err(best * 0.9), err(best * 1.1))
+
+
+def test_terngrad_clip_lowers_the_scale_of_an_outlier():
+    g = torch.cat([torch.full((99,), 0.01), torch.tensor([10.0])])
+    gen = torch.Generator().manual_seed(0)
+    _, s_plain = terngrad(g, gen)
+    codes, s_clip = terngrad(g, gen, clip=2.5)
+    assert s_plain.item() == 10.0 and s_clip.item() < 2.6  # 2.5 sigma of g (sigma ~ 1.0)
+    assert codes[:99].abs().sum() == 0 or s_clip.item() < s_plain.item()
+    with pytest.raises(ConfigError, match="clip must be a positive"):
+        terngrad(g, gen, clip=0)
 
 
 def test_terngrad_codes_keep_the_max_and_drop_zeros():
@@ -175,7 +200,7 @@ def test_error_feedback_drops_non_finite_residuals():
 # --------------------------------------------------------------------------- state, byte model, errors
 
 
-@pytest.mark.parametrize(("method", "default"), [("fp32", False), ("terngrad", True), ("int8", False), ("int4", False), ("sign", True)])
+@pytest.mark.parametrize(("method", "default"), [("fp32", False), ("terngrad", False), ("int8", False), ("int4", False), ("sign", True), ("ternary", True)])
 def test_error_feedback_default(method, default):
     assert GradCompression(method).error_feedback is default
     assert GradCompression(method, error_feedback=False).error_feedback is False
@@ -318,7 +343,8 @@ def test_ddp_uniform_error_is_within_one_step(ddp_runs, method, qmax):
         assert (got - sum(local) / _WORLD).abs().max() <= step * (1 + 1e-5)
 
 
-@pytest.mark.parametrize(("method", "floor"), [("terngrad", 10), ("sign", 20), ("int4", 7), ("int8", 3.9), ("fp32", 1)])
+@pytest.mark.parametrize(("method", "floor"), [("terngrad", 10), ("ternary", 10), ("sign", 20), ("int4", 7), ("int8", 3.9),
+                                               ("fp32", 1)])
 def test_ddp_bytes(ddp_runs, method, floor):
     stats = ddp_runs[1][method]["stats"]
     fp32 = _STEPS * 2 * (_WORLD - 1) / _WORLD * 4 * _N
