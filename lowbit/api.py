@@ -200,8 +200,9 @@ def quantize_(
             bias correction and ZeroQ with fine-tuning raise ``ConfigError``).
         sharded: in a ``torch.distributed`` run, every rank passes the whole ``data``, observes only its
             share and the observer statistics are all-reduced (:func:`lowbit.distributed.calibrate_sharded`:
-            the same grids as one process on the whole set). Refinements after calibration run on every
-            rank's full data.
+            the grids of one process calibrating the whole set — exactly those of :func:`lowbit.calibrate` for
+            min-max observers; histogram observers use exact two-pass histograms). Refinements after
+            calibration run on every rank's full data.
 
     Raises:
         ConfigError: unknown config type, a config applied by its own verb (``DynamicConfig``:
@@ -210,6 +211,8 @@ def quantize_(
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(sharded, bool):
+        raise ConfigError(f"sharded must be True or False, got {sharded!r}")
     if type(config) in _OWN_VERBS:
         raise ConfigError(f"{type(config).__name__} (kind {config.kind}) builds a new model rather than quantizing this one in "
                           f"place, so quantize_ does not apply it; call {_OWN_VERBS[type(config)]}(model, config, data)")

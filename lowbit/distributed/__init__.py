@@ -25,4 +25,5 @@ from .runtime import is_main as is_main
 from .runtime import launched as launched
 from .runtime import rank as rank
 from .runtime import shutdown as shutdown
+from .runtime import together as together
 from .runtime import world_size as world_size

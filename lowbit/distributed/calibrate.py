@@ -6,13 +6,13 @@ Statistics and how they combine (``r`` runs over ranks):
 * min-max (``minmax``): ``lo = min_r lo_r``, ``hi = max_r hi_r`` — all-reduce MIN / MAX. Min and max do not
   depend on order, so the result is **bit-identical** to one process calibrating on the whole set with
   :func:`lowbit.calibrate`.
-* histograms (``percentile``, ``mse``, ``entropy``, ``aciq``): two passes. Pass 1 finds the global range
+* histograms (``percentile``, ``mse``, ``entropy``, ``aciq``; per tensor or per channel): two passes. Pass 1 finds the global range
   as above; pass 2 counts every value into fixed bins on that range
   (:meth:`~lowbit.observe.histogram.HistogramObserver.fix_range`) and the counts are all-reduced with SUM
   (float64 counts of integers: exact). The histogram of the shards is then exactly the histogram of the
   whole set, and so is every range proposed from it: bit-identical to ``calibrate_sharded`` in one
   process. (:func:`lowbit.calibrate`'s one-pass streaming histogram re-bins whenever the range grows, so
-  it depends on batch order and differs from this exact one in the last bits.)
+  it depends on batch order; its clipping ranges can differ from the exact ones — usually slightly.)
 * the moving average (``ema``) depends on batch order: it has no sharded equivalent and is refused.
 
 Example (one process: the whole set is this rank's shard):
@@ -41,7 +41,7 @@ from ..errors import CalibrationError, ConfigError
 from ..nn import ActQuant
 from ..observe.histogram import HistogramObserver
 from ..observe.minmax import MinMaxObserver, MovingAverageMinMaxObserver
-from .runtime import active, agree, collective_guard, rank, world_size
+from .runtime import active, agree, collective_guard, rank, together, world_size
 
 
 def shard_batches(batches: list[torch.Tensor], rank_: int | None = None, world: int | None = None) -> list[torch.Tensor]:
@@ -54,6 +54,10 @@ def shard_batches(batches: list[torch.Tensor], rank_: int | None = None, world: 
     """
     r = rank() if rank_ is None else rank_
     n = world_size() if world is None else world
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1 or isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < n:
+        raise ConfigError(f"shard_batches needs 0 <= rank < world (integers), got rank={r!r}, world={n!r}")
+    if not all(isinstance(b, torch.Tensor) for b in batches):
+        raise ConfigError("shard_batches takes a list of input tensors (batches); use lowbit.api.collect_inputs(data) first")
     out = [b.tensor_split(n)[r] for b in batches]
     return [b for b in out if b.shape[0] > 0]
 
@@ -148,7 +152,8 @@ def calibrate_sharded(
         raise ConfigError(f"the ema observer depends on batch order and cannot be sharded (quantizers {ema[:3]}); use minmax "
                           "or a histogram observer (percentile, mse, entropy, aciq)")
     agree([(names[id(q)], q.spec.describe()) for q in qs], "activation quantizers")
-    inputs = collect_inputs(data, transform_fn=transform_fn, max_samples=max_samples)
+    # bad data on one rank (NaN, empty) must stop every rank, not leave the others in a collective
+    inputs = together(lambda: collect_inputs(data, transform_fn=transform_fn, max_samples=max_samples), "reading the calibration data")
     if shard:
         inputs = shard_batches(inputs)
     was_training = model.training
@@ -162,7 +167,7 @@ def calibrate_sharded(
             for q in qs:  # pass 1: ranges only
                 if id(q) in hist:
                     q.observer = MinMaxObserver(q.observer.granularity)
-            _run(model, inputs)
+            together(lambda: _run(model, inputs), "sharded calibration (pass 1: ranges)")
             _check_everyone_observed(qs, names)
             _sync_minmax([q.observer for q in qs])
             if hist:  # pass 2: exact histograms on the global ranges
@@ -174,8 +179,8 @@ def calibrate_sharded(
                         q.state = "observe"
                 for q in qs:
                     if id(q) not in hist:
-                        q.state = "hold"  # observed already: pass 2 must not count its data twice
-                _run(model, inputs)
+                        q.state = "hold"  # observed already; ActQuant passes any state but observe/quant through
+                together(lambda: _run(model, inputs), "sharded calibration (pass 2: histograms)")
                 for q in qs:
                     if id(q) not in hist:
                         q.state = "observe"

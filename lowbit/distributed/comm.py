@@ -7,7 +7,7 @@ into a small ``uint8`` payload, the ranks all-gather the equal-size payloads, an
 =============  =========================================================  ====================  ==========
 method         code of ``g_i``, scale ``s``                               payload bytes         unbiased
 =============  =========================================================  ====================  ==========
-``terngrad``   ``t_i = sign(g_i) Bernoulli(|g_i| / s)``, ``s = max|g|``   ``ceil(n/4) + 4``     yes
+``terngrad``   ``t_i = sign(g_i) Bernoulli(|g_i| / s)``, ``s = max|g|``   ``ceil(n/4) + 4``     yes (unclipped)
 ``int8``       ``q_i = floor(g_i / s + u_i)``, ``s = max|g| / 127``       ``n + 4``             yes
 ``int4``       ``q_i = floor(g_i / s + u_i)``, ``s = max|g| / 7``         ``ceil(n/2) + 4``     yes
 ``sign``       ``b_i = [g_i >= 0]``, ``s = mean|g|``; ``g ~ s (2b - 1)``  ``ceil(n/8) + 4``     no (use EF)
@@ -559,8 +559,8 @@ class GradCompression:
 
     One object per rank (per process). The stochastic rounding draws from a generator seeded from
     ``(seed, rank)`` (numpy ``SeedSequence``), so a run is reproducible and ranks draw independently.
-    Residuals are kept per ``bucket.index()`` and restart at zero when the bucket's layout changes (DDP
-    rebuilds its buckets after the first iteration).
+    Residuals are kept per parameter, so they survive DDP rebuilding its buckets after the first
+    iteration; they live in the process (a resumed run starts them at zero).
 
     Byte model, per rank, for a bucket of ``n`` values and ``N`` ranks (see the module docstring):
 
@@ -618,7 +618,7 @@ class GradCompression:
         self.buckets = 0
         self.steps = 0
         self._generator: torch.Generator | None = None
-        self._residuals: dict[int, tuple[tuple, torch.Tensor]] = {}
+        self._residuals: dict[int, torch.Tensor] = {}
 
     def generator(self, device: torch.device) -> torch.Generator:
         """This rank's generator (created on first use, seeded from ``(seed, rank)``) on ``device``."""
@@ -628,13 +628,16 @@ class GradCompression:
             self._generator = torch.Generator(device=device).manual_seed(seed)
         return self._generator
 
-    def residual(self, index: int, layout: tuple, n: int, device: torch.device) -> torch.Tensor:
-        """The error-feedback residual of bucket ``index`` (zeros when new or when ``layout`` changed)."""
-        kept = self._residuals.get(index)
-        if kept is None or kept[0] != layout:
-            kept = (layout, torch.zeros(n, dtype=torch.float32, device=device))
-            self._residuals[index] = kept
-        return kept[1]
+    def residual(self, params: list, sizes: list[int], device: torch.device) -> torch.Tensor:
+        """The error-feedback residual of a bucket, assembled from per-parameter residuals (zeros for a
+        parameter not seen yet), so a bucket DDP rebuilds (after the first step) keeps every residual."""
+        return torch.cat([self._residuals.get(id(p), torch.zeros(k, dtype=torch.float32, device=device))
+                          for p, k in zip(params, sizes, strict=True)])
+
+    def keep_residual(self, params: list, sizes: list[int], e: torch.Tensor) -> None:
+        """Store a bucket's new residual per parameter (see :meth:`residual`)."""
+        for p, part in zip(params, e.split(list(sizes)), strict=True):
+            self._residuals[id(p)] = part.clone()
 
     def account(self, n: int, element_size: int, world: int, payload: int | None = None) -> None:
         """Add one bucket of ``n`` values to the byte counts (model in the class docstring); ``payload``:
@@ -694,19 +697,18 @@ def compression_hook(state: GradCompression, bucket: dist.GradBucket) -> torch.f
         return dist.all_reduce(buf, group=group, async_op=True).get_future().then(lambda fut: fut.value()[0])
 
     n = buf.numel()
-    sizes = [p.numel() for p in bucket.parameters()]
-    if sum(sizes) != n:  # padding in the bucket: one segment
-        sizes = [n]
+    params = list(bucket.parameters())
+    sizes = [p.numel() for p in params]
+    if sum(sizes) != n:  # padding in the bucket: one segment, its residual kept under the bucket
+        params, sizes = [("bucket", bucket.index(), n)], [n]
     generator = state.generator(buf.device)
     v = buf.float()
     if state.error_feedback:
-        layout = (n, tuple(id(p) for p in bucket.parameters()))
-        e = state.residual(bucket.index(), layout, n, buf.device)
-        v = v + e
+        v = v + state.residual(params, sizes, buf.device)
     payload = encode_segments(state.method, v, sizes, generator, state.clip)
     if state.error_feedback:
         new = v - decode_segments(state.method, payload, sizes)
-        e.copy_(torch.where(torch.isfinite(new), new, torch.zeros_like(new)))
+        state.keep_residual(params, sizes, torch.where(torch.isfinite(new), new, torch.zeros_like(new)))
     state.account(n, buf.element_size(), world, payload=payload.numel())
     gathered = [torch.empty_like(payload) for _ in range(world)]
 
@@ -749,5 +751,9 @@ def register(ddp_model: DistributedDataParallel, method: str = "terngrad", error
     if not dist.is_initialized():
         raise DistributedError("register: no process group is up; call lowbit.distributed.init_distributed() (under torchrun) first")
     state = GradCompression(method, error_feedback, seed, process_group=ddp_model.process_group)
-    ddp_model.register_comm_hook(state, compression_hook)
+    try:
+        ddp_model.register_comm_hook(state, compression_hook)
+    except RuntimeError as e:
+        raise ConfigError(f"register: DDP refused the hook ({str(e).splitlines()[0]}); register once per model, "
+                          "before the first backward") from None
     return state

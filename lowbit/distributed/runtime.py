@@ -74,6 +74,8 @@ def init_distributed(backend: str = "auto", timeout_s: float = 600.0) -> dict:
     else gloo. A collective that waits longer than ``timeout_s`` (a dead peer) fails instead of hanging.
     Idempotent: with a group already up it only reports it.
 
+    With NCCL, CPU tensors go over gloo in the same group (``"cpu:gloo,cuda:nccl"``).
+
     Returns ``{"rank", "world_size", "backend"}``.
 
     Raises:
@@ -83,7 +85,7 @@ def init_distributed(backend: str = "auto", timeout_s: float = 600.0) -> dict:
     """
     if backend not in ("auto", "gloo", "nccl"):
         raise ConfigError(f"backend must be auto, gloo or nccl, got {backend!r}")
-    if not (isinstance(timeout_s, int | float) and timeout_s > 0):
+    if isinstance(timeout_s, bool) or not (isinstance(timeout_s, int | float) and 0 < timeout_s < float("inf")):
         raise ConfigError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
     if not is_initialized():
         missing = [k for k in ENV if k not in os.environ]
@@ -93,8 +95,13 @@ def init_distributed(backend: str = "auto", timeout_s: float = 600.0) -> dict:
         if backend == "auto":
             backend = "nccl" if torch.cuda.is_available() and "LOCAL_RANK" in os.environ else "gloo"
         if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+            # CPU tensors (observer statistics, loss sums, agreement) still travel over gloo: NCCL has no CPU path
+            backend = "cpu:gloo,cuda:nccl"
         try:
+            if backend != "gloo":
+                if not torch.cuda.is_available():
+                    raise RuntimeError("NCCL needs CUDA GPUs and PyTorch sees none; use backend gloo")
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
             dist.init_process_group(backend, timeout=datetime.timedelta(seconds=float(timeout_s)))
         except (RuntimeError, ValueError) as e:
             raise DistributedError(f"cannot join the process group ({backend}, {os.environ['MASTER_ADDR']}:"
@@ -139,6 +146,36 @@ def collective_guard(what: str, checkpoint: str | os.PathLike | None = None) -> 
         raise DistributedError(f"rank {rank()} of {world_size()}: {what} stopped because a collective failed "
                                f"({name}: {text.strip().splitlines()[0] if text.strip() else ''}) — another process "
                                f"probably died or hung{where}") from None
+
+
+def together(fn, what: str):
+    """Run ``fn()`` on every rank and fail on every rank if it failed on any: local work between collectives
+    (a forward pass over this rank's shard, reading a file) that raises on one rank only would otherwise
+    leave the others waiting in the next collective. The failing rank re-raises its own error; the others
+    raise a :class:`DistributedError` quoting it. One process: just ``fn()``.
+
+    >>> together(lambda: 42, "a test")
+    42
+    """
+    if not active():
+        return fn()
+    error: BaseException | None = None
+    result = None
+    try:
+        result = fn()
+    except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
+        error = e
+    report = None if error is None else f"{type(error).__name__}: {_first_line(error).split(': ', 1)[-1]}"
+    gathered: list[str | None] = [None] * world_size()
+    with collective_guard(what):
+        dist.all_gather_object(gathered, report)
+    failed = [(r, m) for r, m in enumerate(gathered) if m is not None]
+    if error is not None:
+        raise error
+    if failed:
+        r, m = failed[0]
+        raise DistributedError(f"rank {r} failed during {what} ({m}); every rank stops")
+    return result
 
 
 def _canonical(value: Any) -> str:

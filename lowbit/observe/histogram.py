@@ -91,8 +91,14 @@ class HistogramObserver(Observer):
         >>> ob.update(torch.tensor([-1.0, 0.0, 0.99])); ob.hist.sum().item(), ob.hist[0, 8].item()
         (3.0, 1.0)
         """
-        self._set_range(lo.reshape(-1).double(), hi.reshape(-1).double())
+        lo, hi = lo.reshape(-1).double(), hi.reshape(-1).double()
+        if lo.shape != hi.shape or not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()) or bool((lo > hi).any()):
+            raise ConfigError(f"fix_range needs finite lo <= hi of one shape, got lo {lo.tolist()[:4]}, hi {hi.tolist()[:4]}")
+        if lo.numel() != max(1, math.prod(param_shape)):
+            raise ConfigError(f"fix_range: {lo.numel()} ranges for param shape {tuple(param_shape)}")
+        self._set_range(lo, hi)
         self.param_shape = tuple(param_shape)
+        self.num_batches = 0
 
     def _set_range(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
         same = hi <= lo

@@ -83,17 +83,26 @@ def prepared_mlp(calibrate: str = "replicated"):
     return q
 
 
+class Stop(Exception):
+    """Raised by a step hook to interrupt a one-process run (as a crash would, minus the process exit)."""
+
+
 def qat_job(rank: int, world: int, out: Path, epochs: int = 2, comm: str | None = None, checkpoint: str | None = None,
-            die_rank: int | None = None, die_step: int = 3, calibrate: str = "replicated") -> dict:
+            die_rank: int | None = None, die_step: int = 3, calibrate: str = "replicated", n: int = 600,
+            stop_step: int | None = None) -> dict:
     import lowbit
 
     q = prepared_mlp(calibrate)
-    x, y = toy_data()
+    x, y = toy_data(n)
     hook = None
     if die_rank == rank:
         def hook(step, total):  # noqa: ARG001 - the trainer's signature
             if step == die_step:
                 os._exit(3)  # a crash: no cleanup, no goodbye to the peers
+    elif stop_step is not None:
+        def hook(step, total):  # noqa: ARG001 - the trainer's signature
+            if step == stop_step:
+                raise Stop(f"stopped at step {step}")
     r = lowbit.train(q, (x, y), epochs=epochs, lr=1e-3, batch_size=64, checkpoint=checkpoint, comm=comm, progress=False,
                      step_hook=hook)
     state = {k: v.double().sum().item() for k, v in q.state_dict().items() if isinstance(v, torch.Tensor)}
@@ -115,6 +124,20 @@ def calib_job(rank: int, world: int, out: Path, observer: str = "minmax") -> dic
     return {"samples": n, "qparams": {k: v.tolist() for k, v in q.state_dict().items() if k.endswith(("scale", "zero_point"))}}
 
 
+def nan_shard_job(rank: int, world: int, out: Path) -> dict:
+    """Rank 1's own shard holds a NaN (``shard=False``): it fails, and rank 0 must not wait forever."""
+    import lowbit
+    from lowbit.distributed import calibrate_sharded
+    from lowbit.zoo.models import FmnistMLP
+
+    q = lowbit.quantize_(FmnistMLP(), lowbit.PTQConfig(), calibrate=False)
+    x = torch.randn(8, 1, 28, 28)
+    if rank == 1:
+        x[0, 0, 0, 0] = float("nan")
+    calibrate_sharded(q, [x], shard=False)
+    return {"ok": True}
+
+
 def mismatch_job(rank: int, world: int, out: Path) -> dict:
     import lowbit
 
@@ -124,4 +147,4 @@ def mismatch_job(rank: int, world: int, out: Path) -> dict:
     return {"ok": True}
 
 
-JOBS = {"qat": qat_job, "calib": calib_job, "mismatch": mismatch_job}
+JOBS = {"qat": qat_job, "calib": calib_job, "mismatch": mismatch_job, "nan_shard": nan_shard_job}

@@ -73,12 +73,52 @@ def test_sharded_minmax_equals_plain_calibration():
         assert torch.equal(p.scale, q.scale) and torch.equal(p.zero_point, q.zero_point)
 
 
+def test_last_minibatch_smaller_than_the_world_is_skipped_alike(tmp_path):
+    two = _ok(_jobs.launch("qat", 2, tmp_path, n=577, epochs=1))  # 577 = 9 x 64 + 1: the last batch has one sample
+    assert two[0]["state"] == two[1]["state"] and len(two[0]["step_losses"]) == 9
+
+
+def test_a_failing_shard_fails_every_rank(tmp_path):
+    res = _jobs.launch("nan_shard", 2, tmp_path, timeout_s=30)
+    assert res[1].get("error") == "CalibrationError"
+    assert res[0].get("error") == "DistributedError" and "rank 1 failed" in res[0]["message"] and "NaN" in res[0]["message"]
+
+
+def test_resume_on_more_processes(tmp_path):
+    ck = tmp_path / "ck.pt"
+    with pytest.raises(_jobs.Stop):
+        _jobs.qat_job(0, 1, tmp_path, checkpoint=str(ck), stop_step=12)  # one process, stopped in epoch 2
+    two = _ok(_jobs.launch("qat", 2, tmp_path, checkpoint=str(ck)))
+    assert two[0]["resumed_from"] == 1 and [h["epoch"] for h in two[0]["history"]] == [1, 2]
+    assert two[0]["state"] == two[1]["state"]
+
+
+def test_exact_histograms_of_shards_sum_per_channel_with_a_constant_channel():
+    from lowbit.observe.histogram import HistogramObserver
+    from lowbit.quant import PerChannel
+
+    x = torch.randn(64, 3, 5)
+    x[:, 1] = 0.5  # a constant channel
+    lo, hi = x.transpose(0, 1).reshape(3, -1).aminmax(dim=1)
+    obs = []
+    for part in (x, x[:20], x[20:]):
+        ob = HistogramObserver(PerChannel(1), bins=64)
+        ob.fix_range(lo, hi, (3,))
+        ob.update(part)
+        obs.append(ob)
+    assert torch.equal(obs[0].hist, obs[1].hist + obs[2].hist) and obs[0].hist.sum() == x.numel()
+    with pytest.raises(ConfigError, match="lo <= hi"):
+        HistogramObserver().fix_range(torch.tensor([1.0]), torch.tensor([0.0]), ())
+
+
 def test_shard_batches_cover_every_sample_once():
     batches = [torch.arange(7.0), torch.arange(7.0, 8.0)]
     parts = [shard_batches(batches, r, 3) for r in range(3)]
     seen = sorted(float(v) for p in parts for b in p for v in b)
     assert seen == [float(i) for i in range(8)]
     assert [sum(b.shape[0] for b in p) for p in parts] == [4, 2, 2]
+    with pytest.raises(ConfigError, match="0 <= rank < world"):
+        shard_batches(batches, 3, 3)
 
 
 def test_sharded_calibration_errors():

@@ -234,9 +234,13 @@ def train(
     ``(seed, epoch)`` order, so a tensor dataset is cut identically everywhere). Rank ``r``'s loss is
     scaled by ``N n_r / n`` before DDP averages the gradients, so the step equals the one-process step on
     the whole minibatch (up to float summation order) even when the last minibatch does not split evenly:
-    ``(1/N) sum_r (N n_r / n) grad L_r = grad (1/n) sum_i l_i``. Parameters and buffers (LSQ steps,
+    ``(1/N) sum_r (N n_r / n) grad L_r = grad (1/n) sum_i l_i``; a last minibatch of fewer than N samples is
+    skipped on every rank. Layers whose forward depends on the batch (BatchNorm in train mode) see only the
+    rank's slice, and their running statistics are rank 0's (DDP broadcasts buffers); QAT folds BatchNorm
+    before training, so this does not arise there. Parameters and buffers (LSQ steps,
     observers, BatchNorm statistics) start from rank 0's and DDP keeps them in step; every rank must
-    agree on the model structure, hyper-parameters and data size before the first step
+    agree on the model structure, hyper-parameters (incl. distillation and weight decay) and data size
+    before the first step
     (:func:`lowbit.distributed.agree`). Only rank 0 writes the checkpoint; since it holds the plain
     model, optimizer and step, a run resumes with any number of processes. ``comm`` sends quantized
     gradients instead of fp32 (``"terngrad"``, ``"ternary"``, ``"int8"``, ``"int4"``, ``"sign"``;
@@ -310,7 +314,9 @@ def _train(model: nn.Module, data: Any, dev: torch.device, *, epochs: int, lr: f
     history: list[dict] = []
     start, resumed = 0, None
     if path is not None and resume and path.exists():
-        state = _load(path, fp)
+        from ...distributed.runtime import together
+
+        state = together(lambda: _load(path, fp), f"reading the checkpoint {path}")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -320,7 +326,9 @@ def _train(model: nn.Module, data: Any, dev: torch.device, *, epochs: int, lr: f
         teacher.eval()
     net, hook, world, me = model, None, 1, 0
     if dist_on:
-        net, hook = _wrap_ddp(model, dev, fp, start, steps_per_epoch, comm, comm_error_feedback, seed)
+        setup = {"weight_decay": weight_decay, "teacher": teacher is not None, "temperature": temperature,
+                 "distill_weight": distill_weight, "transform_fn": transform_fn is not None}
+        net, hook = _wrap_ddp(model, dev, fp, start, steps_per_epoch, _n_samples(data), comm, comm_error_feedback, seed, setup)
         world, me = dist.get_world_size(), dist.get_rank()
     main = me == 0
     step_losses: list[float] = []
@@ -339,6 +347,8 @@ def _train(model: nn.Module, data: Any, dev: torch.device, *, epochs: int, lr: f
                 if not torch.isfinite(x).all():  # checked on the global batch: every rank raises alike
                     raise CalibrationError("a training batch holds NaN/Inf values; clean the data first")
                 n_all = x.shape[0]
+                if n_all < world:  # a last minibatch smaller than the world: every rank skips it alike
+                    continue
                 if world > 1:
                     lo, hi = _share(n_all, world, me)
                     x, y = x[lo:hi], (y[lo:hi] if isinstance(y, torch.Tensor) else y)
@@ -378,9 +388,15 @@ def _train(model: nn.Module, data: Any, dev: torch.device, *, epochs: int, lr: f
                 entry["val_accuracy"] = _accuracy(model.cpu(), val_data)
                 model.to(dev)
             history.append(entry)
-            if path is not None and main:
-                _save(path, {"format": FORMAT, "version": VERSION, "fingerprint": fp, "epoch": epoch + 1, "history": history,
-                             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
+            if path is not None:
+                state = {"format": FORMAT, "version": VERSION, "fingerprint": fp, "epoch": epoch + 1, "history": history,
+                         "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+                if dist_on:  # rank 0 writes; every rank learns whether it could, and waits for the file
+                    from ...distributed.runtime import together
+
+                    together(lambda st=state: _save(path, st) if main else None, f"writing the checkpoint {path}")
+                else:
+                    _save(path, state)
     model.eval()
     out_info = {"history": history, "seconds": time.perf_counter() - t_all, "resumed_from": resumed, "device": str(dev),
                 "step_losses": step_losses}
@@ -389,6 +405,20 @@ def _train(model: nn.Module, data: Any, dev: torch.device, *, epochs: int, lr: f
                                    "comm": hook.stats() if hook is not None else {"method": "fp32 (DDP all-reduce)"}}
         del net
     return out_info
+
+
+def _n_samples(data: Any) -> int | None:
+    """Samples in ``data`` (tensors / lowbit datasets), or batches of a sized iterable; ``None`` if unknown."""
+    if hasattr(data, "images"):
+        return int(data.images.shape[0])
+    if isinstance(data, torch.Tensor):
+        return int(data.shape[0])
+    if isinstance(data, tuple) and data and isinstance(data[0], torch.Tensor):
+        return int(data[0].shape[0])
+    try:
+        return len(data)
+    except TypeError:
+        return None
 
 
 def _share(n: int, world: int, r: int) -> tuple[int, int]:
@@ -434,19 +464,20 @@ def _guard(dist_on: bool, path: Path | None):
     return collective_guard("training", checkpoint=path)
 
 
-def _wrap_ddp(model: nn.Module, dev: torch.device, fp: dict, start: int, steps: int, comm: str | None,
-              comm_error_feedback: bool | None, seed: int):
+def _wrap_ddp(model: nn.Module, dev: torch.device, fp: dict, start: int, steps: int, samples: int | None, comm: str | None,
+              comm_error_feedback: bool | None, seed: int, setup: dict):
     """``DistributedDataParallel(model)`` after every rank agreed on the setup; the gradient hook when ``comm``."""
     from torch.nn.parallel import DistributedDataParallel
 
     from ...distributed.runtime import agree, collective_guard
 
-    agree({"fingerprint": fp, "start_epoch": start, "steps_per_epoch": steps, "comm": comm,
-           "comm_error_feedback": comm_error_feedback, "seed": seed}, "training setup")
+    agree({"fingerprint": fp, "start_epoch": start, "steps_per_epoch": steps, "samples": samples, "comm": comm,
+           "comm_error_feedback": comm_error_feedback, "seed": seed, **setup}, "training setup")
     with collective_guard("wrapping the model in DistributedDataParallel"):
         # static_graph: the same parameters take part in every step (a quantizer parameter a method never
         # uses is found once, not searched for at every step as find_unused_parameters would)
-        ddp = DistributedDataParallel(model, device_ids=[dev.index or 0] if dev.type == "cuda" else None, static_graph=True)
+        ids = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else None
+        ddp = DistributedDataParallel(model, device_ids=ids, static_graph=True)
     hook = None
     if comm is not None:
         from ...distributed.comm import register
