@@ -131,6 +131,9 @@ def save(model: nn.Module, path: str | Path, *, model_spec: str | None = None) -
             entry["codes"] = put("codes", codes, pack_bits(q, fmt.bits, fmt.qmin))
         else:
             tensors[f"L/{name}/qweight"] = q.reshape(-1).to(torch.int16 if fmt.signed else torch.int32)
+        iq = getattr(m, "input_quant", None)
+        if iq is not None and iq.spec.dynamic:  # no qparams to store, but load must rebuild the quantizer
+            entry["input"] = iq.spec.to_dict()
         entry["scale"] = put("scales", scales, scale.float())
         # symmetric signed grids have Z = 0 everywhere: nothing to store
         entry["zero_point"] = put("zps", zps, zp.to(torch.int16)) if bool((zp != 0).any()) else None
@@ -244,10 +247,14 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         model = load_model_spec(manifest["model"], pretrained=False)
     kind = manifest["config"].get("kind", "ptq")
     classes = _config_classes()
-    if kind not in classes or not issubclass(classes[kind], PTQConfig):
+    if kind == "transformer-ptq":  # sequential, data-driven: rebuild its layers from the manifest instead
+        from ..algorithms.transformer.handler import rebuild_quantized
+
+        floats = set(manifest.get("floats", {})) | {k[2:] for k in tensors if k.startswith("F/")}
+        model = rebuild_quantized(model, classes[kind].from_dict(manifest["config"]), manifest["layers"], floats)
+    elif kind not in classes or not issubclass(classes[kind], PTQConfig):
         raise CheckpointError(f"{path}: config kind {kind!r} is not known to this lowbit (known: {sorted(classes)})")
-    config = classes[kind].from_dict(manifest["config"])
-    if type(config) is PTQConfig:
+    elif type(config := classes[kind].from_dict(manifest["config"])) is PTQConfig:
         model = quantize_(model, config, calibrate=False)
     else:  # only the structure of algorithms built on PTQ: weights and qparams come from the file
         if getattr(config, "relu6_to_relu", False):

@@ -226,11 +226,15 @@ def _fidelity(enc, cfg, calib, evaluation, ref):
     return q, embedding_fidelity(ref, q.encode(evaluation))
 
 
-def test_minilm_w8a8_fidelity_floor(minilm):
+def test_minilm_w8a8_fidelity_floor(minilm, tmp_path):
     enc, calib, evaluation, ref = minilm
     q, f = _fidelity(enc, lowbit.load_recipe("minilm-w8a8"), calib, evaluation, ref)
     assert f["cosine_mean"] >= 0.999 and f["cosine_min"] >= 0.995, f
     assert f["top5_overlap"] >= 0.9, f
+    # the packed file loads back (SmoothQuant buffers, per-token dynamic inputs, int8 embeddings) bit for bit
+    lowbit.save(q, tmp_path / "m.lowbit", model_spec="minilm")
+    back = lowbit.load(tmp_path / "m.lowbit")
+    assert torch.equal(back.encode(evaluation[:16]), q.encode(evaluation[:16]))
     from lowbit.report.transformer import packed_bytes, state_bytes
 
     assert packed_bytes(q) / state_bytes(enc) <= 0.27

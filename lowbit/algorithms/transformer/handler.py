@@ -220,6 +220,39 @@ def _quant_linear(lin: nn.Linear, w: QuantSpec, a: QuantSpec | None, weight: tor
     return q
 
 
+def rebuild_quantized(model: nn.Module, config: TransformerPTQConfig, layers: dict[str, dict], floats: set[str]) -> nn.Module:
+    """The structure :func:`quantize_transformer` gave ``model`` (float skeleton), rebuilt from a packed file's
+    manifest without data: each listed ``nn.Linear`` becomes a ``QuantLinear`` with the file's weight spec and
+    dynamic input spec (``entry["input"]``) and a ``smooth`` buffer where the file stores one; each listed
+    ``nn.Embedding`` a ``QuantEmbedding``. :func:`lowbit.load` then fills in the weights and grids.
+
+    Raises:
+        CheckpointError: a listed layer is missing from the model or is not a Linear / Embedding.
+    """
+    from ...export.checkpoint import CheckpointError
+
+    mods = dict(model.named_modules())
+    for name, entry in layers.items():
+        m = mods.get(name)
+        try:
+            w = QuantSpec.from_dict(entry["spec"], f"layer {name}")
+            a = QuantSpec.from_dict(entry["input"], f"layer {name} input") if "input" in entry else None
+        except (KeyError, ConfigError) as e:
+            raise CheckpointError(f"layer {name}: bad spec in the file ({e})") from None
+        if type(m) is nn.Linear:
+            q = QuantLinear.from_float(m, w, a)
+            if f"{name}.smooth" in floats:
+                q.register_buffer("smooth", torch.ones(m.in_features, dtype=m.weight.dtype))
+        elif type(m) is nn.Embedding:
+            q = QuantEmbedding.from_float(m, w)
+        else:
+            raise CheckpointError(f"layer {name} of the file is {type(m).__name__ if m is not None else 'missing'} in this model, "
+                                  "expected nn.Linear or nn.Embedding: the file belongs to another architecture")
+        set_submodule(model, name, q)
+    model.lowbit_info = {"config": config.to_dict(), "kind": config.kind, "loaded": True}
+    return model
+
+
 @torch.no_grad()
 def layer_sensitivity(model: nn.Module, specs: dict[str, tuple], batches: Sequence[Batch], *, progress: bool = False) -> dict[str, float]:
     """Relative output error ``||f_l(x) - f(x)||^2 / ||f(x)||^2`` when layer ``l`` alone is quantized (round to
