@@ -55,7 +55,7 @@ def _data(data_dir: str | None, train_size: int | None):
     return train, load_fashion_mnist("test", data_dir)
 
 
-def _finish(result: dict, model, model_name: str, out: str | None, json_path: str | None, save: bool = True) -> None:
+def _finish(result: dict, model, model_name: str, out: str | None, json_path: str | None) -> None:
     from rich.table import Table
 
     from ..export.compressed import save_compressed
@@ -78,10 +78,9 @@ def _finish(result: dict, model, model_name: str, out: str | None, json_path: st
     if out:
         paths = write_compression_report([result], out)
         typer.echo(f"report: {paths['html']}")
-        if save:  # a factorized model's Sequential chains are not rebuilt by load_compressed: its record holds the ranks
-            path = Path(out) / "model.lbc"
-            info = save_compressed(model, path, model_spec=model_name)
-            typer.echo(f"compressed model: {path} ({info['file_bytes']} bytes)")
+        path = Path(out) / "model.lbc"
+        info = save_compressed(model, path, model_spec=model_name)
+        typer.echo(f"compressed model: {path} ({info['file_bytes']} bytes)")
 
 
 @app.command()
@@ -187,7 +186,7 @@ def lowrank(
     result = measure_compression(float_model, factored, test, example=test.images[:1], method="lowrank", model_name=model, info=info,
                                  latency=latency)
     result["name"] = Path(recipe).stem
-    _finish(result, factored, model, out, json_path, save=False)
+    _finish(result, factored, model, out, json_path)
 
 
 @app.command()

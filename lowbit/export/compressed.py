@@ -155,6 +155,10 @@ def _module_record(m: nn.Module) -> dict | None:
         return {"type": type(m).__name__, "features": m.num_features}
     if isinstance(m, nn.Identity):
         return {"type": "Identity"}
+    from ..algorithms.lowrank.factorize import LowRankSequential
+
+    if isinstance(m, LowRankSequential):  # a factorized layer: its factors are recorded as its children
+        return {"type": "LowRankSequential", "method": m.method, "size": len(m)}
     return None
 
 
@@ -171,6 +175,10 @@ def _build_module(rec: dict) -> nn.Module:
         return (nn.BatchNorm1d if t == "BatchNorm1d" else nn.BatchNorm2d)(rec["features"])
     if t == "Identity":
         return nn.Identity()
+    if t == "LowRankSequential":  # placeholders, replaced by the recorded children (their names sort after it)
+        from ..algorithms.lowrank.factorize import LowRankSequential
+
+        return LowRankSequential(*(nn.Identity() for _ in range(int(rec["size"]))), method=str(rec["method"]))
     raise CheckpointError(f"the file records a module of unknown type {t!r}; it was written by a newer lowbit")
 
 
@@ -328,7 +336,8 @@ def load_compressed(path: str | Path, model: nn.Module | None = None) -> nn.Modu
     Args:
         path: the file written by :func:`save_compressed`.
         model: skeleton of the architecture (default: rebuilt from the recorded model spec); Conv / Linear /
-            BatchNorm modules whose recorded shape differs (channel-pruned, BN folded) are rebuilt to match.
+            BatchNorm modules whose recorded shape differs (channel-pruned, BN folded) are rebuilt to match, and
+            layers the file holds factorized (low-rank chains) become those chains.
     """
     from ..transform import set_submodule
     from ..zoo.resolve import load_model_spec
@@ -338,9 +347,11 @@ def load_compressed(path: str | Path, model: nn.Module | None = None) -> nn.Modu
         if not manifest.get("model"):
             raise ConfigError(f"{path} records no model spec; pass model=<float nn.Module of the same architecture>")
         model = load_model_spec(manifest["model"], pretrained=False)
-    mods = dict(model.named_modules())
-    for name, rec in manifest["modules"].items():
-        cur = mods.get(name)
+    for name, rec in sorted(manifest["modules"].items()):  # parents before children ("a.conv" < "a.conv.0")
+        try:
+            cur = model.get_submodule(name)
+        except AttributeError:
+            cur = None
         if cur is None:
             raise CheckpointError(f"{path}: module {name} is not in the given model; pass the architecture it was saved from")
         if _module_record(cur) != rec:

@@ -437,3 +437,15 @@ def test_zoo_resnet_keeps_float_predictions(fmnist_test, config, max_ratio):
     assert info["model_macs_after"] < info["model_macs_before"]
     assert len(info["layers"]) >= 8 and all(d["rel_error"] ** 2 <= 1 - info["energy_threshold"] + 1e-9 for d in info["layers"])
     assert agree > 0.9
+
+
+@pytest.mark.parametrize("method", ["auto", "cp"])
+def test_factorized_model_round_trips_through_the_lbc_file(tmp_path, method):
+    from lowbit.export.compressed import load_compressed, save_compressed
+
+    model, x = _small_net()
+    decompose(model, LowRankConfig(method=method, energy=0.8, skip_unprofitable=False, cp_iters=20), example=x)
+    save_compressed(model, tmp_path / "f.lbc")
+    back = load_compressed(tmp_path / "f.lbc", model=_small_net()[0])  # the unfactorized skeleton
+    assert isinstance(back.conv1, LowRankSequential) and back.conv1.method == model.conv1.method
+    assert torch.equal(back(x), model(x))

@@ -39,10 +39,14 @@ def test_prune_structured_and_compress_on_resnet(tmp_path):
 
 def test_lowrank_without_fine_tuning(tmp_path):
     js = tmp_path / "l.json"
-    p = run("lowrank", "fmnist-resnet", "--epochs", "0", "--mac-ratio", "0.6", "--json", str(js))
+    p = run("lowrank", "fmnist-resnet", "--epochs", "0", "--mac-ratio", "0.6", "--json", str(js), "--out", str(tmp_path / "lr"))
     assert p.returncode == 0, p.stderr
     r = json.loads(js.read_text())
     assert r["method"] == "lowrank" and r["macs"]["ratio"] < 0.7 and r["accuracy"] > 80
+    # the factorized model is stored and evaluates back to the same accuracy
+    e = run("eval", str(tmp_path / "lr" / "model.lbc"))
+    assert e.returncode == 0, e.stderr
+    assert f"{r['accuracy']:.2f}" in e.stdout
 
 
 def test_compression_cli_errors_are_one_line_exit_2(tmp_path):
