@@ -439,6 +439,7 @@ def test_zoo_resnet_keeps_float_predictions(fmnist_test, config, max_ratio):
     assert agree > 0.9
 
 
+@pytest.mark.filterwarnings("ignore:layer .* decomposed anyway")
 @pytest.mark.parametrize("method", ["auto", "cp"])
 def test_factorized_model_round_trips_through_the_lbc_file(tmp_path, method):
     from lowbit.export.compressed import load_compressed, save_compressed
