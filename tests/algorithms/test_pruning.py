@@ -232,6 +232,39 @@ def test_sensitivity_scan_structure():
     assert sum(layer_macs(m, X[:1]).values()) > 0
 
 
+def test_latency_bisection_survives_noisy_probes():
+    """A fake runtime whose probes are off by up to +-0.1 (as on a busy 2-vCPU VM): the plan keeps close to the
+    budget instead of collapsing to the most pruned plan."""
+    import random
+
+    from lowbit.algorithms.pruning.structured import plan_keep, pruned_macs
+
+    m = _resnet(width=32)
+    _, groups = channel_groups(m, X[:1])
+    gscores = {g.root: torch.rand(g.size, generator=torch.Generator().manual_seed(i)) for i, g in enumerate(groups)}
+    base = layer_macs(m, X[:1])
+    total = sum(base.values())
+    rng = random.Random(0)
+
+    def true_ratio(keep):
+        return 0.25 + 0.75 * pruned_macs(base, m, groups, keep) / total  # a fixed overhead plus MAC-bound work
+
+    calls = []
+
+    def noisy(keep):
+        calls.append(1)
+        return true_ratio(keep) + rng.uniform(-0.1, 0.1)
+
+    for seed in range(3):
+        rng.seed(seed)
+        keep = plan_keep(m, groups, gscores, base, ratio=0.0, ratios={}, mac_ratio=None, max_ratio=0.8, round_to=8,
+                         latency_ratio=0.6, measure=noisy)
+        floor = plan_keep(m, groups, gscores, base, ratio=0.8, ratios={}, mac_ratio=None, max_ratio=0.8, round_to=8)
+        assert 0.45 < true_ratio(keep) <= 0.66, (seed, true_ratio(keep))
+        assert keep != floor
+    assert len(calls) < 3 * 80  # medians of 3 per distinct plan, cached: well under 3 x (12 + 1 + 4) x ... probes
+
+
 def test_latency_budget_is_bisected_on_measured_latencies():
     pytest.importorskip("onnxruntime")
     m = _resnet(width=16)
