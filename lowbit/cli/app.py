@@ -339,28 +339,22 @@ def qat(
 
     from .. import distributed as lbd
     from ..algorithms.qat import QATConfig, train
-    from ..algorithms.qat.trainer import resolve_device
+    from ..algorithms.qat.trainer import resolve_device, use_distributed
     from ..api import evaluate, quantize_
     from ..data import load_fashion_mnist
     from ..io import atomic_write_text
     from ..recipes import load_recipe
     from ..zoo.resolve import load_model_spec
 
-    resolve_device(device)  # refuse a missing accelerator before any work
+    dev = resolve_device(device)  # refuse a missing accelerator before any work
     multi = lbd.launched() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     if multi:
-        lbd.init_distributed(backend="gloo" if resolve_device(device).type == "cpu" else "auto")
+        lbd.init_distributed(backend="gloo" if dev.type == "cpu" else "auto")
         if not lbd.is_main():
             os.environ["LOWBIT_PROGRESS"] = "0"
-    from ..distributed.comm import METHODS
-
-    if comm is not None and comm not in METHODS:
-        raise ConfigError(f"--comm must be one of {list(METHODS)}, got {comm!r}")
     if comm_error_feedback is not None and comm is None:
         raise ConfigError("--comm-error-feedback sets the error feedback of a gradient codec; give --comm too")
-    if comm is not None and not multi:
-        raise ConfigError(f"--comm {comm} compresses the gradients exchanged between processes; start the run with "
-                          "torchrun --nproc-per-node N (N > 1) -m lowbit qat ..., or drop --comm")
+    use_distributed(None, comm)  # a bad --comm, or --comm without torchrun, fails before any work
     main = lbd.is_main()
     config = load_recipe(recipe)
     if not isinstance(config, QATConfig):

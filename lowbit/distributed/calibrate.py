@@ -66,37 +66,21 @@ def _quantizers(model: nn.Module) -> list[ActQuant]:
     return [m for m in model.modules() if isinstance(m, ActQuant) and not m.spec.dynamic and m.grid_source is None]
 
 
-def _sync_minmax(obs: list[MinMaxObserver]) -> None:
-    """All-reduce the observers' ranges (MIN / MAX) and batch counts (SUM), in one collective each."""
-    if not active():
-        return
-    lo = torch.cat([o.min_val.reshape(-1).float() for o in obs])
-    hi = torch.cat([o.max_val.reshape(-1).float() for o in obs])
-    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
-    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
-    n = torch.tensor([o.num_batches for o in obs], dtype=torch.int64)
-    dist.all_reduce(n, op=dist.ReduceOp.SUM)
-    i = 0
-    for k, o in enumerate(obs):
-        m = o.min_val.numel()
-        o.min_val, o.max_val = lo[i : i + m].reshape(o.min_val.shape), hi[i : i + m].reshape(o.max_val.shape)
-        o.num_batches = int(n[k])
-        i += m
-
-
-def _sync_histograms(obs: list[HistogramObserver]) -> None:
+def _all_reduce(obs: list, ops: dict[str, dist.ReduceOp]) -> None:
+    """All-reduce the tensor attribute ``name`` of every observer with ``ops[name]`` (the observers' tensors
+    concatenated: one collective per attribute) and their batch counts with SUM."""
     if not active() or not obs:
         return
-    flat = torch.cat([o.hist.reshape(-1) for o in obs])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    for name, op in ops.items():
+        parts = [getattr(o, name) for o in obs]
+        flat = torch.cat([p.reshape(-1) for p in parts])
+        dist.all_reduce(flat, op=op)
+        for o, p, chunk in zip(obs, parts, flat.split([p.numel() for p in parts]), strict=True):
+            setattr(o, name, chunk.reshape(p.shape))
     n = torch.tensor([o.num_batches for o in obs], dtype=torch.int64)
     dist.all_reduce(n, op=dist.ReduceOp.SUM)
-    i = 0
-    for k, o in enumerate(obs):
-        m = o.hist.numel()
-        o.hist = flat[i : i + m].reshape(o.hist.shape)
-        o.num_batches = int(n[k])
-        i += m
+    for o, k in zip(obs, n.tolist(), strict=True):
+        o.num_batches = int(k)
 
 
 @torch.no_grad()
@@ -169,7 +153,7 @@ def calibrate_sharded(
                     q.observer = MinMaxObserver(q.observer.granularity)
             together(lambda: _run(model, inputs), "sharded calibration (pass 1: ranges)")
             _check_everyone_observed(qs, names)
-            _sync_minmax([q.observer for q in qs])
+            _all_reduce([q.observer for q in qs], {"min_val": dist.ReduceOp.MIN, "max_val": dist.ReduceOp.MAX})
             if hist:  # pass 2: exact histograms on the global ranges
                 for q in qs:
                     if id(q) in hist:
@@ -184,7 +168,7 @@ def calibrate_sharded(
                 for q in qs:
                     if id(q) not in hist:
                         q.state = "observe"
-                _sync_histograms([h for h in hist.values()])
+                _all_reduce(list(hist.values()), {"hist": dist.ReduceOp.SUM})
             total = torch.tensor([sum(int(x.shape[0]) for x in inputs)], dtype=torch.int64)
             if active():
                 dist.all_reduce(total, op=dist.ReduceOp.SUM)

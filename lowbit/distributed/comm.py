@@ -479,7 +479,8 @@ def decode(method: str, payload: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def encode_with_feedback(
-    method: str, g: torch.Tensor, residual: torch.Tensor, generator: torch.Generator | None = None
+    method: str, g: torch.Tensor, residual: torch.Tensor, generator: torch.Generator | None = None,
+    sizes: list[int] | None = None, clip: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""One error-feedback step: encode the gradient plus what earlier steps lost, and keep the new loss.
 
@@ -495,6 +496,8 @@ def encode_with_feedback(
         g: gradient bucket, any floating dtype.
         residual: ``e``, float32 of ``g``'s shape (zeros at the first step). Not modified.
         generator: source of the stochastic rounding.
+        sizes: segments with a scale each (:func:`encode_segments`; ``None``: one segment).
+        clip: ``terngrad`` only: clip each segment at ``clip`` standard deviations first (:func:`terngrad`).
 
     Returns:
         ``(payload, new_residual)``: the ``uint8`` payload of ``v`` and ``e'`` (float32, flat).
@@ -514,8 +517,9 @@ def encode_with_feedback(
         raise ConfigError(f"encode_with_feedback: residual has shape {tuple(residual.shape)}, g has {tuple(g.shape)}; "
                           "keep one residual per bucket, zeros at the first step")
     v = x + e
-    payload = encode(method, v, generator)
-    new = v - decode(method, payload, v.numel())
+    sizes = [v.numel()] if sizes is None else list(sizes)
+    payload = encode_segments(method, v, sizes, generator, clip)
+    new = v - decode_segments(method, payload, sizes)
     return payload, torch.where(torch.isfinite(new), new, torch.zeros_like(new))
 
 
@@ -618,7 +622,7 @@ class GradCompression:
         self.buckets = 0
         self.steps = 0
         self._generator: torch.Generator | None = None
-        self._residuals: dict[int, torch.Tensor] = {}
+        self._residuals: dict[object, torch.Tensor] = {}
 
     def generator(self, device: torch.device) -> torch.Generator:
         """This rank's generator (created on first use, seeded from ``(seed, rank)``) on ``device``."""
@@ -628,16 +632,16 @@ class GradCompression:
             self._generator = torch.Generator(device=device).manual_seed(seed)
         return self._generator
 
-    def residual(self, params: list, sizes: list[int], device: torch.device) -> torch.Tensor:
-        """The error-feedback residual of a bucket, assembled from per-parameter residuals (zeros for a
-        parameter not seen yet), so a bucket DDP rebuilds (after the first step) keeps every residual."""
-        return torch.cat([self._residuals.get(id(p), torch.zeros(k, dtype=torch.float32, device=device))
-                          for p, k in zip(params, sizes, strict=True)])
+    def residual(self, keys: list, sizes: list[int], device: torch.device) -> torch.Tensor:
+        """The error-feedback residual of a bucket, assembled from per-parameter residuals (``keys``: one per
+        segment, zeros for one not seen yet), so a bucket DDP rebuilds (after the first step) keeps them."""
+        return torch.cat([self._residuals.get(k, torch.zeros(n, dtype=torch.float32, device=device))
+                          for k, n in zip(keys, sizes, strict=True)])
 
-    def keep_residual(self, params: list, sizes: list[int], e: torch.Tensor) -> None:
-        """Store a bucket's new residual per parameter (see :meth:`residual`)."""
-        for p, part in zip(params, e.split(list(sizes)), strict=True):
-            self._residuals[id(p)] = part.clone()
+    def keep_residual(self, keys: list, sizes: list[int], e: torch.Tensor) -> None:
+        """Store a bucket's new residual per segment key (see :meth:`residual`)."""
+        for k, part in zip(keys, e.split(list(sizes)), strict=True):
+            self._residuals[k] = part.clone()
 
     def account(self, n: int, element_size: int, world: int, payload: int | None = None) -> None:
         """Add one bucket of ``n`` values to the byte counts (model in the class docstring); ``payload``:
@@ -698,17 +702,16 @@ def compression_hook(state: GradCompression, bucket: dist.GradBucket) -> torch.f
 
     n = buf.numel()
     params = list(bucket.parameters())
-    sizes = [p.numel() for p in params]
+    keys, sizes = [id(p) for p in params], [p.numel() for p in params]
     if sum(sizes) != n:  # padding in the bucket: one segment, its residual kept under the bucket
-        params, sizes = [("bucket", bucket.index(), n)], [n]
+        keys, sizes = [("bucket", bucket.index(), n)], [n]
     generator = state.generator(buf.device)
-    v = buf.float()
     if state.error_feedback:
-        v = v + state.residual(params, sizes, buf.device)
-    payload = encode_segments(state.method, v, sizes, generator, state.clip)
-    if state.error_feedback:
-        new = v - decode_segments(state.method, payload, sizes)
-        state.keep_residual(params, sizes, torch.where(torch.isfinite(new), new, torch.zeros_like(new)))
+        payload, e = encode_with_feedback(state.method, buf.float(), state.residual(keys, sizes, buf.device), generator,
+                                          sizes, state.clip)
+        state.keep_residual(keys, sizes, e)
+    else:
+        payload = encode_segments(state.method, buf.float(), sizes, generator, state.clip)
     state.account(n, buf.element_size(), world, payload=payload.numel())
     gathered = [torch.empty_like(payload) for _ in range(world)]
 

@@ -269,7 +269,7 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("the model has no trainable parameter (every requires_grad is False)")
-    dist_on = _use_distributed(distributed, comm)
+    dist_on = use_distributed(distributed, comm)
     dev = resolve_device(device)
     if dev.type != "cpu":
         model.to(dev)
@@ -360,9 +360,7 @@ def _train(model: nn.Module, data: Any, dev: torch.device, *, epochs: int, lr: f
                 if step_hook is not None:
                     step_hook(sched.last_epoch, total)
                 out = net(x)
-                # an empty share (a last minibatch smaller than the world) still joins the gradient all-reduce
-                task = (task_loss(out, x, y, teacher, temperature=temperature, weight=distill_weight) if x.shape[0]
-                        else out.sum() * 0.0)
+                task = task_loss(out, x, y, teacher, temperature=temperature, weight=distill_weight)
                 loss = task * (x.shape[0] * world / n_all)
                 regs = [r for m in learned if (r := m.regularization()) is not None]
                 reg = torch.stack(regs).sum() if regs else None
@@ -433,12 +431,18 @@ def _share(n: int, world: int, r: int) -> tuple[int, int]:
     return lo, lo + q + (1 if r < extra else 0)
 
 
-def _use_distributed(distributed: bool | None, comm: str | None) -> bool:
+def use_distributed(distributed: bool | None, comm: str | None) -> bool:
+    """Whether :func:`train` runs data-parallel (see its ``distributed`` and ``comm`` arguments): checks ``comm``
+    names a codec and has processes to run between; ``distributed=True`` joins the launcher's group.
+
+    >>> use_distributed(None, None)
+    False
+    """
     from ...distributed import runtime as rt
     from ...distributed.comm import METHODS
 
     if comm is not None and comm not in METHODS:
-        raise ConfigError(f"comm must be one of {list(METHODS)} (gradient codec between processes), got {comm!r}")
+        raise ConfigError(f"comm must be one of {list(METHODS)} (the gradient codec between processes), got {comm!r}")
     if distributed not in (None, True, False):
         raise ConfigError(f"distributed must be true, false or null (auto), got {distributed!r}")
     if distributed is None:
